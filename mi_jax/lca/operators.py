@@ -1,0 +1,191 @@
+"""Linear operators of a convolutional dictionary on its full canvas.
+
+A dictionary Ω with layout HWIO ``(kh, kw, C, F)`` and stride ``s`` defines the
+synthesis operator Φ: codes ``a`` of shape ``(N, H', W', F)`` → images on the
+*full canvas* of shape ``(N, Hc, Wc, C)`` with ``Hc = (H' − 1)·s_h + kh``:
+
+    (Φ a)[n, s·p + i, c] = Σ_f Σ_p a[n, p, f] · Ω[i, c, f]      (transposed conv)
+
+Φ never crops, so its adjoint Φᵀ is a plain VALID, strided correlation over the
+canvas. An input image ``x`` of shape ``(N, H, W, C)`` enters the canvas through
+``P``: zero padding by ``k // 2`` ('same') or nothing ('valid'), then cut or
+zero-extended to ``Hc``. All solvers in :mod:`mi_jax.lca` minimise
+
+    E(a) = ½‖P x − Φ a‖²₂ + λ‖a‖₁
+
+whose bottom-up drive is ``b = Φᵀ P x`` (exactly lcapt's strided, padded
+``conv2d(x, Ω)``) and whose Gram operator ``ΦᵀΦ`` is lcapt's full-canvas
+lateral connectivity plus its self term. lcapt removes the self term
+``‖ω_f‖²·a_f`` (its ``G = Ω ⋆ Ωᵀ − I`` for unit-norm atoms), so do we.
+
+A dense dictionary ``(D, F)`` is the special case of a 1×1 kernel on a 1×1
+canvas; :func:`as_conv` converts it.
+
+The lateral term ``(ΦᵀΦ − diag‖ω‖²) a`` has two exact formulations:
+
+* ``'recon'``: one transposed conv and one conv per step, cost
+  ``≈ 2·H'W'·F·C·kh·kw`` MACs per sample;
+* ``'gram'``: one stride-1 conv with a precomputed ``(2m_h+1)×(2m_w+1)×F×F``
+  kernel, ``m = (k − 1) // s``, cost ``≈ H'W'·F²·(2m_h+1)(2m_w+1)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+Padding = Literal['same', 'valid']
+_DIMS = ('NHWC', 'HWIO', 'NHWC')
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+  """Static shapes of one convolutional sparse-coding problem."""
+
+  image_hw: tuple[int, int]  # (H, W) of the input
+  kernel_hw: tuple[int, int]  # (kh, kw)
+  stride: tuple[int, int]  # (sh, sw)
+  padding: Padding  # 'same' (k // 2 each side, odd k) or 'valid'
+
+  @property
+  def pad(self) -> tuple[int, int]:
+    if self.padding == 'same':
+      return (self.kernel_hw[0] // 2, self.kernel_hw[1] // 2)
+    return (0, 0)
+
+  @property
+  def code_hw(self) -> tuple[int, int]:
+    """Spatial size of the codes: floor((H + 2p − k) / s) + 1."""
+    return tuple(
+        (h + 2 * p - k) // s + 1
+        for h, p, k, s in zip(self.image_hw, self.pad, self.kernel_hw, self.stride)
+    )
+
+  @property
+  def canvas_hw(self) -> tuple[int, int]:
+    """Support of Φ a: (H' − 1)·s + k."""
+    return tuple(
+        (hc - 1) * s + k for hc, s, k in zip(self.code_hw, self.stride, self.kernel_hw)
+    )
+
+  @property
+  def gram_radius(self) -> tuple[int, int]:
+    """Largest code offset m with overlapping atoms: (k − 1) // s."""
+    return tuple((k - 1) // s for k, s in zip(self.kernel_hw, self.stride))
+
+
+def to_canvas(x: jax.Array, geom: Geometry) -> jax.Array:
+  """P x: zero-pad by the 'same' margin, then cut or extend to the canvas."""
+  (ph, pw), (hc, wc) = geom.pad, geom.canvas_hw
+  h, w = geom.image_hw
+  # lax.pad accepts negative high padding, which crops.
+  config = ((0, 0, 0), (ph, hc - ph - h, 0), (pw, wc - pw - w, 0), (0, 0, 0))
+  return jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
+def from_canvas(canvas: jax.Array, geom: Geometry) -> jax.Array:
+  """Pᵀ: the image-sized window of a canvas (the 'same'/'valid' reconstruction)."""
+  (ph, pw), (hc, wc) = geom.pad, geom.canvas_hw
+  h, w = geom.image_hw
+  # Undo the padding of to_canvas; where the canvas is shorter than the
+  # image (valid padding) the missing rows are zeros.
+  config = ((0, 0, 0), (-ph, h + ph - hc, 0), (-pw, w + pw - wc, 0), (0, 0, 0))
+  return jax.lax.pad(canvas, jnp.zeros((), canvas.dtype), config)
+
+
+def analysis(canvas: jax.Array, dictionary: jax.Array, geom: Geometry) -> jax.Array:
+  """Φᵀ r: VALID strided correlation of a canvas with every atom."""
+  return jax.lax.conv_general_dilated(
+      canvas,
+      dictionary,
+      window_strides=geom.stride,
+      padding='VALID',
+      dimension_numbers=_DIMS,
+      precision=jax.lax.Precision.HIGHEST,
+  )
+
+
+def synthesis(codes: jax.Array, dictionary: jax.Array, geom: Geometry) -> jax.Array:
+  """Φ a: the exact adjoint of :func:`analysis` (a transposed convolution)."""
+  n = codes.shape[0]
+  canvas_shape = (n, *geom.canvas_hw, dictionary.shape[2])
+  canvas = jax.ShapeDtypeStruct(canvas_shape, codes.dtype)
+  (transpose,) = jax.linear_transpose(
+      lambda r: analysis(r, dictionary, geom), canvas
+  )(codes)
+  return transpose
+
+
+def drive(x: jax.Array, dictionary: jax.Array, geom: Geometry) -> jax.Array:
+  """b = Φᵀ P x, the bottom-up drive (lcapt's padded conv of the input)."""
+  return analysis(to_canvas(x, geom), dictionary, geom)
+
+
+def atom_sq_norms(dictionary: jax.Array) -> jax.Array:
+  """‖ω_f‖² per atom, shape (F,)."""
+  return jnp.sum(jnp.square(dictionary), axis=(0, 1, 2))
+
+
+def gram(codes: jax.Array, dictionary: jax.Array, geom: Geometry) -> jax.Array:
+  """ΦᵀΦ a, through the reconstruction."""
+  return analysis(synthesis(codes, dictionary, geom), dictionary, geom)
+
+
+def lateral_recon(codes, dictionary, geom):
+  """(ΦᵀΦ − diag‖ω‖²) a through one transposed conv and one conv."""
+  return gram(codes, dictionary, geom) - atom_sq_norms(dictionary) * codes
+
+
+def gram_kernel(dictionary: jax.Array, geom: Geometry) -> jax.Array:
+  """The lateral connectivity G as an HWIO kernel ``(2m_h+1, 2m_w+1, F, F)``.
+
+  Built from the impulse responses of ΦᵀΦ (so it is exact for any stride and
+  differentiable in Ω), with each atom's self term removed at the centre.
+  """
+  (mh, mw), f = geom.gram_radius, dictionary.shape[-1]
+  grid = (2 * mh + 1, 2 * mw + 1)
+  # A 'valid' problem on an image of size 2m·s + k has exactly this code grid.
+  impulse_geom = Geometry(
+      image_hw=tuple(2 * m * s + k for m, s, k in zip(geom.gram_radius, geom.stride, geom.kernel_hw)),
+      kernel_hw=geom.kernel_hw,
+      stride=geom.stride,
+      padding='valid',
+  )
+  impulses = jnp.zeros((f, *grid, f), dictionary.dtype)
+  impulses = impulses.at[jnp.arange(f), mh, mw, jnp.arange(f)].set(1.0)
+  response = gram(impulses, dictionary, impulse_geom)  # (F_in, gh, gw, F_out)
+  # lateral(a)[p] = Σ_d a[p + d] K[m + d]; an impulse at the centre gives
+  # response[p] = K[2m − p], hence the spatial flip.
+  kernel = jnp.flip(response, axis=(1, 2)).transpose(1, 2, 0, 3)
+  return kernel.at[mh, mw].add(-jnp.diag(atom_sq_norms(dictionary)))
+
+
+def lateral_with_kernel(codes: jax.Array, kernel: jax.Array) -> jax.Array:
+  """G ⋆ a as one stride-1 'same' correlation with the precomputed kernel."""
+  mh, mw = kernel.shape[0] // 2, kernel.shape[1] // 2
+  return jax.lax.conv_general_dilated(
+      codes,
+      kernel,
+      window_strides=(1, 1),
+      padding=((mh, mh), (mw, mw)),
+      dimension_numbers=_DIMS,
+      precision=jax.lax.Precision.HIGHEST,
+  )
+
+
+def lateral_flops(geom: Geometry, channels: int, features: int) -> dict[str, int]:
+  """Multiply-accumulates per sample and step of each lateral formulation."""
+  (hc, wc), (kh, kw) = geom.code_hw, geom.kernel_hw
+  mh, mw = geom.gram_radius
+  return {
+      'recon': 2 * hc * wc * features * channels * kh * kw,
+      'gram': hc * wc * features * features * (2 * mh + 1) * (2 * mw + 1),
+  }
+
+
+def as_conv(x: jax.Array, dictionary: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Dense problem (x: (N, D), Ω: (D, F)) as a 1×1 convolution on a 1×1 image."""
+  return x[:, None, None, :], dictionary[None, None, :, :]
