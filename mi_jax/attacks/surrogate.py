@@ -1,0 +1,205 @@
+"""The black-box surrogate inversion attack (SG §4, App. A.4).
+
+The attacker queries the frozen target with its own auxiliary images (the
+held-out split in the SG protocol), records the leaked layer, and trains an
+inversion decoder f_sur: features → image by minimising the pixel MSE
+
+    min_φ  E_{x ∈ aux} ‖f_sur(φ; T_leak(x)) − x‖²
+
+over the decoder's parameters φ only (fidelity.md #1). It then reconstructs
+every private training image from its leaked features. Noise defenses stay
+on at query time unless configured otherwise (fidelity.md #4).
+
+``protocol='sg_legacy'`` reproduces the SG code instead: its attack
+optimiser is the *target's* SGD optimiser (momentum carried over from target
+training), so the decoder keeps its random initialisation while the target's
+layers up to the leak drift to fit it; images are compared in the
+Normalize()d space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from mi_jax.models.decoder import InversionDecoder, LegacyRowDecoder
+from mi_jax.train import loop
+from mi_jax.train.inference import apply_in_batches, global_batch, process_rows
+from mi_jax.train.state import init_train_state, make_optimizer, merge_model, replicated, split_model
+from mi_jax.train.step import jit_step
+
+# Parameters of the target that feed each leaked layer (what sg_legacy's
+# misdirected optimiser actually moves: torch skips parameters without grad).
+_LEAK_PREFIX = {'first': ('front', 'first'), 'last_hidden': ('front', 'first', 'hidden')}
+
+
+@dataclasses.dataclass
+class AttackResult:
+  reconstructions: np.ndarray  # (N, H, W, C) float32 in [0, 1]
+  untrained_reconstructions: np.ndarray  # same decoder at initialisation
+  normalized_reconstructions: Optional[np.ndarray] = None  # sg_legacy: decoder output as is
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _unit(images: np.ndarray) -> np.ndarray:
+  return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images
+
+
+def surrogate_attack(*, config, target_graphdef, target_state, leak: str, aux_images, private_images,
+                     mesh, rng, workdir: str, writer) -> AttackResult:
+  """Runs the attack; returns reconstructions of ``private_images``."""
+  if config.protocol == 'sg_legacy':
+    return _legacy_attack(config=config, target_graphdef=target_graphdef, target_state=target_state,
+                          leak=leak, aux_images=aux_images, private_images=private_images,
+                          mesh=mesh, rng=rng, workdir=workdir, writer=writer)
+  cfg = config.attack
+  query_key = jax.random.fold_in(rng, 1)
+
+  @jax.jit
+  def query_batch(params, model_state, images, key):
+    target = merge_model(target_graphdef, params, model_state)
+    return target.leak(images, leak, key=key if cfg.noise_at_query else None)
+
+  def query(images, split_id):
+    # A fresh noise key per batch for stochastic defenses.
+    batch_counter = iter(range(1 << 30))
+    key_of = lambda: jax.random.fold_in(jax.random.fold_in(query_key, split_id), next(batch_counter))
+    fn = lambda im: query_batch(target_state['params'], target_state['model_state'], im, key_of())
+    return apply_in_batches(fn, (images,), batch_size=cfg.batch_size, mesh=mesh)
+
+  aux_features = query(aux_images, 0)
+  private_features = query(private_images, 1)
+
+  image_shape = tuple(private_images.shape[1:])
+  decoder = InversionDecoder(aux_features.shape[-1], image_shape, hidden=cfg.decoder_hidden,
+                             rngs=nnx.Rngs(config.seed + 1))
+  tx = make_optimizer(cfg)
+  graphdef, state = init_train_state(decoder, tx)
+  state = jax.device_put(state, replicated(mesh, state))
+
+  @jax.jit
+  def decode(state, features):
+    return merge_model(graphdef, state['params'], state['model_state'])(features, train=False)
+
+  decode_state = lambda s: (lambda f: decode(s, f))
+  untrained = apply_in_batches(decode_state(state), (private_features,), batch_size=cfg.batch_size, mesh=mesh)
+
+  def attack_step(state, batch, rng):
+    del rng
+
+    def loss_fn(params):
+      model = merge_model(graphdef, params, state['model_state'])
+      recon = model(batch['features'], train=True)
+      _, _, model_state = split_model(model)
+      return jnp.mean(jnp.square(recon - batch['image'])), model_state
+
+    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    return ({'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
+             'model_state': model_state, 'opt_state': opt_state}, {'mse': loss})
+
+  steps_per_epoch = len(aux_images) // cfg.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(
+        f"attack.batch_size={cfg.batch_size} exceeds the {len(aux_images)} auxiliary images")
+
+  def batch_at(step):
+    epoch, index = divmod(step, steps_per_epoch)
+    rows = epoch_order(len(aux_images), config.seed, epoch)[index * cfg.batch_size:(index + 1) * cfg.batch_size]
+    return {'features': global_batch(process_rows(aux_features[rows]), mesh),
+            'image': global_batch(process_rows(_unit(aux_images[rows])), mesh)}
+
+  step_fn = jit_step(attack_step, state, mesh)
+  state = loop.fit(
+      phase='attack', step_fn=step_fn, state=state, batch_at=batch_at,
+      position_at=lambda s: {'epoch': s // steps_per_epoch, 'batch': s % steps_per_epoch},
+      total_steps=cfg.epochs * steps_per_epoch, rng=rng,
+      checkpoint_dir=os.path.join(workdir, 'checkpoints', 'attack'),
+      checkpoint_every=max(steps_per_epoch, 1), log_every=max(steps_per_epoch, 1), writer=writer)
+  reconstructions = apply_in_batches(decode_state(state), (private_features,), batch_size=cfg.batch_size, mesh=mesh)
+  return AttackResult(reconstructions=reconstructions, untrained_reconstructions=untrained)
+
+
+def _legacy_attack(*, config, target_graphdef, target_state, leak, aux_images, private_images,
+                   mesh, rng, workdir, writer) -> AttackResult:
+  """The SG code's attack loop (fidelity.md #1), for side-by-side numbers."""
+  cfg = config.attack
+  mean, std = config.data.normalization
+  normalize = lambda images: (images.astype(jnp.float32) / 255.0 - mean) / std
+  target = merge_model(target_graphdef, target_state['params'], target_state['model_state'])
+  leak_shape = target.leak(jnp.asarray(private_images[:1]), leak).shape[1:]
+  image_shape = tuple(private_images.shape[1:])
+  if leak == 'first' and target.width_axis_linear:
+    front_shape = target.front.out_shape if target.front is not None else image_shape
+    decoder = LegacyRowDecoder((front_shape[2], front_shape[0], config.model.hidden_width),
+                               image_shape, hidden=cfg.decoder_hidden, rngs=nnx.Rngs(config.seed + 1))
+  else:
+    decoder = InversionDecoder(int(np.prod(leak_shape)), image_shape, hidden=cfg.decoder_hidden,
+                               rngs=nnx.Rngs(config.seed + 1))
+  decoder_graphdef, decoder_params, decoder_state = split_model(decoder)
+  tx = make_optimizer(config.train)  # the target's optimiser, as in the SG code
+  on_leak_path = _LEAK_PREFIX[leak]
+
+  def attack_step(state, batch, rng):
+    del rng
+
+    def loss_fn(params):
+      model = merge_model(target_graphdef, params, state['model_state'])
+      features = model.leak(batch['image'], leak)
+      dec = merge_model(decoder_graphdef, decoder_params, decoder_state)
+      recon = dec(features, train=True)
+      return jnp.mean(jnp.square(normalize(batch['image']) - recon))
+
+    loss, grads = jax.value_and_grad(loss_fn)(state['params'])
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    # torch's SGD skips parameters that got no gradient: only the layers up to
+    # the leak move (weight decay and momentum included).
+    updates = {k: (v if k in on_leak_path else jax.tree.map(jnp.zeros_like, v)) for k, v in updates.items()}
+    params = optax.apply_updates(state['params'], updates)
+    return {**state, 'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, {'mse': loss}
+
+  steps_per_epoch = len(aux_images) // cfg.batch_size
+  if steps_per_epoch < 1:
+    raise ValueError(
+        f"attack.batch_size={cfg.batch_size} exceeds the {len(aux_images)} auxiliary images")
+
+  def batch_at(step):
+    epoch, index = divmod(step, steps_per_epoch)
+    rows = epoch_order(len(aux_images), config.seed, epoch)[index * cfg.batch_size:(index + 1) * cfg.batch_size]
+    return {'image': global_batch(process_rows(aux_images[rows]), mesh)}
+
+  @jax.jit
+  def reconstruct(params, model_state, images):
+    model = merge_model(target_graphdef, params, model_state)
+    dec = merge_model(decoder_graphdef, decoder_params, decoder_state)
+    return dec(model.leak(images, leak), train=True)  # the SG attacker never leaves train mode
+
+  def reconstruct_all(state):
+    fn = lambda im: reconstruct(state['params'], state['model_state'], im)
+    return apply_in_batches(fn, (private_images,), batch_size=cfg.batch_size, mesh=mesh)
+
+  # Before the target drifts: the same random decoder on the trained target.
+  untrained = reconstruct_all(target_state)
+  state = jax.tree.map(jnp.copy, target_state)  # the step donates its input
+  step_fn = jit_step(attack_step, state, mesh)
+  state = loop.fit(
+      phase='attack_sg_legacy', step_fn=step_fn, state=state, batch_at=batch_at,
+      position_at=lambda s: {'epoch': s // steps_per_epoch, 'batch': s % steps_per_epoch},
+      total_steps=cfg.epochs * steps_per_epoch, rng=rng,
+      checkpoint_dir=os.path.join(workdir, 'checkpoints', 'attack_sg_legacy'),
+      checkpoint_every=max(steps_per_epoch, 1), log_every=max(steps_per_epoch, 1), writer=writer)
+
+  normalized = reconstruct_all(state)
+  to_unit = lambda z: np.clip(z * std + mean, 0.0, 1.0).astype(np.float32)
+  return AttackResult(reconstructions=to_unit(normalized), untrained_reconstructions=to_unit(untrained),
+                      normalized_reconstructions=normalized.astype(np.float32))

@@ -1,0 +1,137 @@
+"""The sparse coding layer (SCL): a thin Flax NNX module over ``mi_jax.lca``.
+
+The layer holds one dictionary Ω (HWIO) and returns ``lca.solve(x, Ω)``. How Ω
+learns is a configuration, not a different module:
+
+* ``'frozen'``: random unit-norm atoms that never change (the SG code).
+* ``'hebbian'``: in training the layer sows the (input, codes) it saw as a
+  :class:`HebbianBatch` intermediate; after each optimiser step the train
+  step collects it and calls :meth:`SparseCodingLayer.hebbian_step`, lcapt's
+  rule (the SG paper's "fast update on the sparse layers"). The train step
+  collects the batches with ``nnx.capture``.
+* ``'gradient'``: Ω is an ``nnx.Param`` trained by backprop through the
+  solver, renormalised after each step (:meth:`project`).
+
+Frozen and Hebbian dictionaries live in :class:`LcaDictionary`, a variable
+type that is *not* an ``nnx.Param``, so optimisers and gradients never see
+them. Gradients still flow through the codes to the layer's input.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mi_jax import lca
+
+DICTIONARY_UPDATES = ('frozen', 'hebbian', 'gradient')
+
+
+class LcaDictionary(nnx.Variable):
+  """A dictionary updated outside backprop (frozen or Hebbian)."""
+
+
+class HebbianBatch(nnx.Intermediate):
+  """The (input, codes) pair the layer saw in its last training call."""
+
+
+class SparseCodingLayer(nnx.Module):
+  """x (N, H, W, C) → LCA codes (N, H', W', F).
+
+  Attributes mirror :func:`mi_jax.lca.solve`; λ, τ, dt are fixed per layer
+  (they are run constants here; sweeps build new models).
+  """
+
+  def __init__(
+      self,
+      in_features: int,
+      features: int,
+      *,
+      kernel_size: int = 5,
+      stride: int = 1,
+      lam: float,
+      tau: float,
+      dt: float = 1.0,
+      n_steps: int,
+      threshold: str = 'soft',
+      nonneg: bool = True,
+      normalize_input: bool = False,
+      grad: str = 'unroll',
+      lateral: str = 'auto',
+      dictionary_update: str = 'frozen',
+      hebbian_eta: float = 0.01,
+      rngs: nnx.Rngs,
+  ):
+    if dictionary_update not in DICTIONARY_UPDATES:
+      raise ValueError(
+          f"dictionary_update must be one of {DICTIONARY_UPDATES}, got {dictionary_update!r}"
+      )
+    shape = (kernel_size, kernel_size, in_features, features)
+    # lcapt initialises with torch.nn.init.trunc_normal_ (N(0, 1) cut at ±2)
+    # and then normalises every atom.
+    init = jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape, jnp.float32)
+    variable = nnx.Param if dictionary_update == 'gradient' else LcaDictionary
+    self.dictionary = variable(lca.normalize_dictionary(init))
+    self.stride = stride
+    self.lam, self.tau, self.dt, self.n_steps = lam, tau, dt, n_steps
+    self.threshold, self.nonneg = threshold, nonneg
+    self.normalize_input, self.grad, self.lateral = normalize_input, grad, lateral
+    self.dictionary_update, self.hebbian_eta = dictionary_update, hebbian_eta
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    if self.normalize_input:
+      x = lca.normalize_per_sample(x)
+    codes = lca.solve(
+        x,
+        self.dictionary[...],
+        lam=self.lam,
+        n_steps=self.n_steps,
+        tau=self.tau,
+        dt=self.dt,
+        stride=self.stride,
+        threshold=self.threshold,
+        nonneg=self.nonneg,
+        grad=self.grad,
+        lateral=self.lateral,
+    )
+    if train and self.dictionary_update == 'hebbian':
+      batch = jax.lax.stop_gradient((x, codes))
+      self.sow(HebbianBatch, 'hebbian_batch', batch, reduce_fn=lambda _, new: new,
+               init_fn=lambda: None)
+    return codes
+
+  def hebbian_step(self, x: jax.Array, codes: jax.Array) -> None:
+    """lcapt's Hebbian rule on a batch this layer coded (no-op unless 'hebbian')."""
+    if self.dictionary_update != 'hebbian':
+      return
+    self.dictionary[...], _ = lca.hebbian_update(
+        x, codes, self.dictionary[...], eta=self.hebbian_eta, stride=self.stride
+    )
+
+  def project(self) -> None:
+    """Renormalises a gradient-trained dictionary's atoms to unit norm."""
+    if self.dictionary_update == 'gradient':
+      self.dictionary[...] = lca.normalize_dictionary(self.dictionary[...])
+
+
+def apply_dictionary_updates(model: nnx.Module, hebbian_batches) -> None:
+  """After an optimiser step: Hebbian updates from the collected batches, then
+  renormalisation of gradient-trained dictionaries.
+
+  ``hebbian_batches`` is the pure dict of what ``nnx.capture(…, HebbianBatch)``
+  collected in the forward pass:
+  nested dicts keyed by module path, ending in ``{'hebbian_batch': (x, a)}``.
+  """
+
+  def visit(module, tree):
+    for key, value in tree.items():
+      if key == 'hebbian_batch':
+        module.hebbian_step(*value)
+      else:
+        visit(getattr(module, key) if not isinstance(key, int) else module[key], value)
+
+  visit(model, hebbian_batches)
+  for _, node in nnx.iter_graph(model):
+    if isinstance(node, SparseCodingLayer):
+      node.project()

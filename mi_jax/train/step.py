@@ -1,0 +1,58 @@
+"""Pure step functions: ``step(state, batch, rng) -> (state, measurements)``.
+
+They take and return the dict train state of :mod:`mi_jax.train.state`, so
+the caller can ``jax.jit`` them with explicit shardings and donate the state.
+Per-step randomness is ``fold_in(rng, state['step'])``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from mi_jax.models.sparse_coding import HebbianBatch, apply_dictionary_updates
+from mi_jax.train.state import merge_model, split_model
+
+
+def make_classifier_step(graphdef, tx: optax.GradientTransformation):
+  """Cross-entropy training of a target network, then its dictionary updates."""
+
+  def train_step(state, batch, rng):
+    key = jax.random.fold_in(rng, state['step'])
+
+    def loss_fn(params):
+      model = merge_model(graphdef, params, state['model_state'])
+      forward = nnx.capture(lambda m, images: m(images, train=True, key=key), HebbianBatch)
+      logits, hebbian = forward(model, batch['image'])
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+      hebbian = nnx.to_pure_dict(hebbian)
+      _, _, model_state = split_model(model)
+      return loss, (logits, model_state, hebbian)
+
+    (loss, (logits, model_state, hebbian)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(state['params'])
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    model = merge_model(graphdef, params, model_state)
+    apply_dictionary_updates(model, hebbian)
+    _, params, model_state = split_model(model)
+    measurements = {
+        'loss': loss,
+        'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+        'grad_norm': optax.tree.norm(grads),
+    }
+    new_state = {'step': state['step'] + 1, 'params': params,
+                 'model_state': model_state, 'opt_state': opt_state}
+    return new_state, measurements
+
+  return train_step
+
+
+def jit_step(step_fn, state, mesh):
+  """``jax.jit`` of a step with replicated state (donated) and a batch sharded
+  along 'data' (the batch arrives as global arrays that carry their sharding)."""
+  state_shardings = jax.tree.map(lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), state)
+  return jax.jit(step_fn, in_shardings=(state_shardings, None, None),
+                 out_shardings=(state_shardings, None), donate_argnums=0)
