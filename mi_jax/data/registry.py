@@ -1,0 +1,221 @@
+"""The dataset registry: specs, the route chain, :func:`load` and :func:`prepare_dataset`.
+
+A dataset is a :class:`DatasetSpec` in :data:`DATASETS`: its splits (sizes,
+official per-class counts, sha256 of the final arrays), its raw files
+(sha256 of each), and its routes in the order they are tried after the
+cache. Adding a dataset (CIFAR-10, Medical MNIST, ...) is a new spec, and
+new route classes if its raw format is not IDX; nothing here changes.
+
+Every route's output is checked against the spec's pinned array sha256
+before it is returned or cached, so all routes yield identical arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import time
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from mi_jax.data import cache
+from mi_jax.data.idx import ChecksumError
+from mi_jax.data.sources import FetchContext, SourceUnavailable
+
+logger = logging.getLogger(__name__)
+
+FIELDS = ('images', 'labels')
+
+
+class DataUnavailableError(RuntimeError):
+  """No source could provide a dataset; the message lists each source and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RawFile:
+  """One raw file of a split, pinned by the sha256 of its *decompressed* bytes."""
+
+  split: str
+  field: str  # 'images' or 'labels'
+  names: tuple[str, ...]  # names it has in known sources; the first is upstream's
+  sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSpec:
+  """One split: its size, official per-class counts and the pinned final arrays."""
+
+  num_examples: int
+  class_counts: tuple[int, ...]
+  images_sha256: str  # cache.array_sha256 of the uint8 (N, H, W, C) images
+  labels_sha256: str  # cache.array_sha256 of the int64 labels
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """Everything the loader needs to fetch, verify and cache a dataset."""
+
+  name: str
+  image_shape: tuple[int, int, int]  # (H, W, C)
+  class_names: tuple[str, ...]
+  splits: Mapping[str, SplitSpec]
+  raw_files: tuple[RawFile, ...]
+  routes: tuple  # sources.Route objects, tried in order after the cache
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepareResult:
+  """What :func:`prepare_dataset` did."""
+
+  name: str
+  already_cached: bool
+  source: str  # the route that produced the data, or the cache's recorded source
+  manifest: pathlib.Path
+  seconds: float
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+  """Adds a dataset to :data:`DATASETS`; a name can be registered once."""
+  if spec.name in DATASETS:
+    raise ValueError(f'dataset {spec.name!r} is already registered')
+  DATASETS[spec.name] = spec
+  return spec
+
+
+def get_spec(name: str) -> DatasetSpec:
+  if name not in DATASETS:
+    raise ValueError(f'name must be one of {tuple(DATASETS)}, got {name!r}')
+  return DATASETS[name]
+
+
+def _check_split(spec: DatasetSpec, split: str) -> None:
+  if split not in spec.splits:
+    raise ValueError(f'split must be one of {tuple(spec.splits)}, got {split!r}')
+
+
+def verify_arrays(spec: DatasetSpec, split: str, images, labels, origin: str) -> None:
+  """Raises unless a split's arrays are exactly the pinned ones."""
+  want = spec.splits[split]
+  shape = (want.num_examples, *spec.image_shape)
+  if images.dtype != np.uint8 or images.shape != shape:
+    raise ValueError(
+        f'{origin}: {split} images are {images.dtype}{images.shape}, expected uint8{shape}'
+    )
+  if labels.dtype != np.int64 or labels.shape != (want.num_examples,):
+    raise ValueError(
+        f'{origin}: {split} labels are {labels.dtype}{labels.shape}, '
+        f'expected int64({want.num_examples},)'
+    )
+  checks = (('images', images, want.images_sha256), ('labels', labels, want.labels_sha256))
+  for field, array, pinned in checks:
+    actual = cache.array_sha256(array)
+    if actual != pinned:
+      raise ChecksumError(f'{origin}: {split} {field} sha256 {actual} is not the pinned {pinned}')
+
+
+def _pins(spec: DatasetSpec, split: str) -> dict:
+  s = spec.splits[split]
+  return {'images_sha256': s.images_sha256, 'labels_sha256': s.labels_sha256}
+
+
+def fetch(spec: DatasetSpec, ctx: FetchContext, failures: list) -> tuple[str, dict]:
+  """Tries ``spec.routes`` in order; returns ``(route name, {split: arrays})``.
+
+  Each failure is appended to ``failures`` as ``(source, reason)``; when
+  every route fails, raises :class:`DataUnavailableError` naming them all.
+  """
+  for route in spec.routes:
+    try:
+      arrays = route.fetch(spec, ctx)
+      for split in spec.splits:
+        verify_arrays(spec, split, *arrays[split], origin=route.name)
+      return route.name, arrays
+    except (SourceUnavailable, ValueError) as error:
+      # ValueError: the route ran but its data are wrong (checksum, corrupt
+      # file); still worth trying the next route, and worth reporting.
+      logger.info('%s: %s: %s', spec.name, route.name, error)
+      failures.append((route.name, str(error)))
+  reasons = '; '.join(f'[{source}] {reason}' for source, reason in failures)
+  raise DataUnavailableError(
+      f'{spec.name}: no source could provide the data: {reasons}. '
+      f'Prepare it with: python -m mi_jax.data.prepare {spec.name}'
+  )
+
+
+def _read_all_cached(spec: DatasetSpec, root: pathlib.Path) -> None:
+  """Raises CacheMiss/ValueError unless every split is cached and verified."""
+  for split in spec.splits:
+    cache.read_split(root, spec.name, split, expected=_pins(spec, split))
+
+
+def prepare_dataset(
+    name: str,
+    *,
+    data_dir: Optional[str | os.PathLike] = None,
+    install: bool = True,
+    log: Callable[[str], None] = lambda message: None,
+) -> PrepareResult:
+  """Makes sure ``name`` is in the cache, fetching it through its routes if not.
+
+  Idempotent: a cache that verifies is left alone (``already_cached``).
+  ``install`` lets routes run a system package manager (apt-get, as root).
+  """
+  spec = get_spec(name)
+  root = cache.resolve_data_dir(data_dir)
+  start = time.perf_counter()
+  failures = []
+  try:
+    _read_all_cached(spec, root)
+    source = cache.read_manifest(root, name).get('source', 'unknown')
+    manifest = cache.manifest_path(root, name)
+    return PrepareResult(name, True, source, manifest, time.perf_counter() - start)
+  except cache.CacheMiss as miss:
+    failures.append((f'cache {root}', str(miss)))
+  except ValueError as bad:
+    log(f'{name}: ignoring the cache: {bad}')
+    failures.append((f'cache {root}', str(bad)))
+  ctx = FetchContext(data_dir=root, install=install, log=log)
+  source, arrays = fetch(spec, ctx, failures)
+  manifest = cache.write_dataset(root, name, arrays, source=source)
+  return PrepareResult(name, False, source, manifest, time.perf_counter() - start)
+
+
+def load(
+    name: str, split: str, *, data_dir: Optional[str | os.PathLike] = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """One split of a dataset: ``(images uint8 (N, H, W, C), labels int64 (N,))``.
+
+  Sources, in order: the prepared cache under ``data_dir`` (default
+  ``$MI_JAX_DATA_DIR``, else ``~/.cache/mi_jax/data``), then the dataset's
+  routes (offline raw files, then TFDS). Data fetched by a route are cached
+  for next time. ``load`` never installs system packages; the prepare
+  command (``python -m mi_jax.data.prepare NAME``) may.
+
+  Raises:
+    ValueError: unknown ``name`` or ``split``.
+    DataUnavailableError: no source worked; the message names each one and why.
+  """
+  spec = get_spec(name)
+  _check_split(spec, split)
+  root = cache.resolve_data_dir(data_dir)
+  try:
+    return cache.read_split(root, name, split, expected=_pins(spec, split))
+  except (cache.CacheMiss, ValueError) as first:
+    logger.info('%s/%s: not loaded from the cache (%s); trying its routes', name, split, first)
+  prepare_dataset(name, data_dir=root, install=False, log=logger.info)
+  return cache.read_split(root, name, split, expected=_pins(spec, split))
+
+
+def names() -> Sequence[str]:
+  """The registered dataset names."""
+  return tuple(DATASETS)

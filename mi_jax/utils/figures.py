@@ -1,0 +1,163 @@
+"""Reconstruction grids in the style of SG Fig. 3: private images, then each defense's reconstructions.
+
+Rendered with matplotlib's Agg canvas directly (no pyplot: no global figure
+state, no display backend needed) and written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from mi_jax.utils.results import PathLike, write_bytes_atomic
+
+# As in mi_jax.metrics.image_quality: float rounding may leave [0, 1] by this much.
+RANGE_TOLERANCE = 1e-3
+
+
+def _to_display(images, name: str) -> np.ndarray:
+  """uint8 or float-in-[0, 1] images, (N, H, W) or (N, H, W, C∈{1, 3}) -> float32 (N, H, W, C)."""
+  x = np.asarray(images)
+  if x.ndim == 3:
+    x = x[..., None]
+  if x.ndim != 4 or x.shape[-1] not in (1, 3):
+    raise ValueError(
+        f"{name} must have shape (N, H, W) or (N, H, W, C) with C in (1, 3), got {x.shape}")
+  if x.shape[0] == 0:
+    raise ValueError(f"{name} must hold at least one image, got shape {x.shape}")
+  if x.dtype == np.uint8:
+    return x.astype(np.float32) / 255.0
+  if not np.issubdtype(x.dtype, np.floating):
+    raise ValueError(f"{name} must be uint8 or floating point in [0, 1], got {x.dtype}")
+  if not np.all(np.isfinite(x)):
+    raise ValueError(f"{name} contains NaN or inf values")
+  lo, hi = float(x.min()), float(x.max())
+  if lo < -RANGE_TOLERANCE or hi > 1.0 + RANGE_TOLERANCE:
+    raise ValueError(
+        f"{name} has values in [{lo:.4g}, {hi:.4g}], outside [0, 1]; "
+        "de-normalise first (mi_jax.metrics.to_unit_range)")
+  return np.clip(x.astype(np.float32), 0.0, 1.0)
+
+
+def _check_px(value, name: str, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+FONT_SIZE = 10  # points
+
+
+def label_width_px(labels, *, dpi: int = 100, gap_px: int = 4) -> int:
+  """Pixels the widest row label needs at FONT_SIZE and ``dpi``, with a gap each side."""
+  fig = Figure(dpi=dpi)
+  renderer = FigureCanvasAgg(fig).get_renderer()
+  widths = [fig.text(0, 0, label, fontsize=FONT_SIZE).get_window_extent(renderer).width
+            for label in labels]
+  return int(np.ceil(max(widths, default=0.0))) + 2 * gap_px
+
+
+def grid_size_px(n_images: int, n_rows: int, *, cell_px: int, label_px: int) -> tuple[int, int]:
+  """(width, height) in pixels of a grid of ``n_rows`` rows (originals included) of ``n_images``."""
+  return label_px + n_images * cell_px, n_rows * cell_px
+
+
+def render_reconstruction_grid(
+    originals,
+    reconstructions_by_defense: Mapping[str, object],
+    *,
+    cell_px: int = 64,
+    label_px: Optional[int] = None,
+    gap_px: int = 4,
+    dpi: int = 100,
+    original_label: str = 'original',
+) -> bytes:
+  """The PNG bytes of :func:`reconstruction_grid` (same arguments, no file)."""
+  for value, name, minimum in ((cell_px, 'cell_px', 8), (gap_px, 'gap_px', 0), (dpi, 'dpi', 10)):
+    _check_px(value, name, minimum)
+  if label_px is not None:
+    _check_px(label_px, 'label_px', 0)
+  if gap_px >= cell_px:
+    raise ValueError(f"gap_px must be smaller than cell_px ({cell_px}), got {gap_px}")
+  if not isinstance(reconstructions_by_defense, Mapping):
+    raise ValueError(
+        f"reconstructions_by_defense must be a dict of defense name -> images, "
+        f"got {type(reconstructions_by_defense).__name__}")
+  rows = [(original_label, _to_display(originals, 'originals'))]
+  for defense, images in reconstructions_by_defense.items():
+    if not isinstance(defense, str) or not defense:
+      raise ValueError(f"defense names must be non-empty strings, got {defense!r}")
+    recon = _to_display(images, f"reconstructions_by_defense[{defense!r}]")
+    if recon.shape != rows[0][1].shape:
+      raise ValueError(
+          f"reconstructions_by_defense[{defense!r}] has shape {recon.shape} but originals have "
+          f"{rows[0][1].shape} (after adding a channel axis); they must match")
+    rows.append((defense, recon))
+
+  n = rows[0][1].shape[0]
+  if label_px is None:
+    label_px = label_width_px([label for label, _ in rows], dpi=dpi, gap_px=gap_px)
+  width, height = grid_size_px(n, len(rows), cell_px=cell_px, label_px=label_px)
+  # Agg truncates width·dpi to int; a quarter pixel keeps 663.999… from becoming 663.
+  fig = Figure(figsize=((width + 0.25) / dpi, (height + 0.25) / dpi), dpi=dpi, facecolor='white')
+  FigureCanvasAgg(fig)
+  inner = cell_px - gap_px
+  for i, (label, images) in enumerate(rows):
+    bottom = height - (i + 1) * cell_px + gap_px / 2
+    fig.text((label_px - gap_px) / width, (bottom + inner / 2) / height, label,
+             ha='right', va='center', fontsize=FONT_SIZE)
+    for j in range(n):
+      left = label_px + j * cell_px + gap_px / 2
+      ax = fig.add_axes((left / width, bottom / height, inner / width, inner / height))
+      image = images[j]
+      if image.shape[-1] == 1:
+        # Fixed vmin/vmax: show true intensities (plt.imshow's default would
+        # stretch each image, making a faint reconstruction look sharp).
+        ax.imshow(image[..., 0], cmap='gray', vmin=0.0, vmax=1.0, interpolation='nearest')
+      else:
+        ax.imshow(image, interpolation='nearest')
+      ax.set_axis_off()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=dpi, facecolor='white')
+  return buffer.getvalue()
+
+
+def reconstruction_grid(
+    originals,
+    reconstructions_by_defense: Mapping[str, object],
+    path: PathLike,
+    *,
+    overwrite: bool = False,
+    cell_px: int = 64,
+    label_px: Optional[int] = None,
+    gap_px: int = 4,
+    dpi: int = 100,
+    original_label: str = 'original',
+) -> Path:
+  """Writes an SG Fig. 3-style PNG: row 0 the private images, then one row per defense.
+
+  Args:
+    originals: N private images, (N, H, W) or (N, H, W, C) with C ∈ {1, 3},
+      uint8 or float in [0, 1] (de-normalise first).
+    reconstructions_by_defense: defense label -> its reconstructions of the
+      same N images, same shape; rows follow the dict's order.
+    path: the .png to write; refused if it exists unless ``overwrite``.
+    cell_px, label_px, gap_px, dpi: layout. The PNG is exactly
+      (label_px + N·cell_px) × ((1 + D)·cell_px) pixels for D defenses
+      (:func:`grid_size_px`), each image drawn in a (cell_px − gap_px)²
+      square, nearest-neighbour, grayscale on a fixed [0, 1] scale.
+      label_px=None fits the widest label (:func:`label_width_px`).
+
+  Returns the path written.
+  """
+  path = Path(path)
+  if path.exists() and not overwrite:
+    raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+  png = render_reconstruction_grid(
+      originals, reconstructions_by_defense, cell_px=cell_px, label_px=label_px,
+      gap_px=gap_px, dpi=dpi, original_label=original_label)
+  return write_bytes_atomic(path, png, overwrite=overwrite)

@@ -1,0 +1,363 @@
+"""Result rows, atomic writes, provenance, and the SG Table 1 layout in Markdown.
+
+A result row is one (dataset, setting, defense, λ, protocol, seed) run:
+
+    {'dataset': 'mnist', 'setting': 'split', 'defense': 'sparse-guard',
+     'lam': 0.25, 'protocol': 'corrected', 'seed': 0,
+     'accuracy': 0.9873,            # fraction of the target's test split
+     'psnr': 11.42, 'ssim': 0.213,  # mean over the reconstructed private images
+     'config_hash': '3f2a9c0d1b7e', 'code_version': '0e85fbf…+dirty'}
+
+Any further keys (fid, knn_distance, n_images, …) are kept. accuracy is a
+fraction; the table shows percent.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence, Union
+
+SETTINGS = ('end_to_end', 'split')
+PROTOCOLS = ('corrected', 'sg_legacy')
+REQUIRED_KEYS = (
+    'dataset', 'setting', 'defense', 'lam', 'protocol', 'seed',
+    'accuracy', 'psnr', 'ssim', 'config_hash', 'code_version',
+)
+CONFIG_HASH_LENGTH = 12
+
+SETTING_TITLES = {'end_to_end': 'End-to-end', 'split': 'Split'}
+PROTOCOL_NOTES = {
+    'corrected': (
+        'Protocol `corrected`: attacker trained on its own parameters, images de-normalised to '
+        '[0, 1] in float32, per-image PSNR (capped at 100 dB) and SSIM averaged over every '
+        'reconstructed private image.'),
+    'sg_legacy': (
+        'Protocol `sg_legacy`: **reproduces the Sparse-Guard reference code, bugs included** '
+        '(among them: the attacker is never trained; PSNR takes its range from each batch and '
+        'SSIM assumes range 1.0 on normalised float16 tensors; means are over batches). Not '
+        'comparable with `corrected` numbers.'),
+}
+
+PathLike = Union[str, os.PathLike]
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_choice(row, key: str, allowed: Sequence[str]) -> None:
+  if row[key] not in allowed:
+    raise ValueError(f"{key} must be one of {tuple(allowed)}, got {row[key]!r}")
+
+
+def _check_text(row, key: str) -> None:
+  if not isinstance(row[key], str) or not row[key].strip():
+    raise ValueError(f"{key} must be a non-empty string, got {row[key]!r}")
+
+
+def validate_row(row: Mapping[str, Any]) -> dict:
+  """Checks one result row; returns a plain-dict copy with lam and metrics as floats.
+
+  Raises a one-line ValueError naming the first bad field.
+  """
+  if not isinstance(row, Mapping):
+    raise ValueError(f"a result row must be a mapping, got {type(row).__name__}")
+  missing = [k for k in REQUIRED_KEYS if k not in row]
+  if missing:
+    raise ValueError(f"result row is missing keys {missing}; required: {list(REQUIRED_KEYS)}")
+  bad_keys = [k for k in row if not isinstance(k, str)]
+  if bad_keys:
+    raise ValueError(f"result row keys must be strings, got {bad_keys!r}")
+  out = dict(row)
+  for key in ('dataset', 'defense', 'code_version'):
+    _check_text(out, key)
+  _check_choice(out, 'setting', SETTINGS)
+  _check_choice(out, 'protocol', PROTOCOLS)
+  lam = out['lam']
+  if lam is not None and not (_is_number(lam) and math.isfinite(lam) and lam >= 0):
+    raise ValueError(f"lam must be None or a finite number >= 0, got {lam!r}")
+  out['lam'] = None if lam is None else float(lam)
+  if isinstance(out['seed'], bool) or not isinstance(out['seed'], int):
+    raise ValueError(f"seed must be an integer, got {out['seed']!r}")
+  acc = out['accuracy']
+  if not (_is_number(acc) and 0.0 <= acc <= 1.0):
+    raise ValueError(
+        f"accuracy must be a fraction in [0, 1], got {acc!r} (store fractions; tables show percent)")
+  # PSNR/SSIM may be ±inf or NaN under sg_legacy (the SG code's averages carry them).
+  for key in ('psnr', 'ssim'):
+    if not _is_number(out[key]):
+      raise ValueError(f"{key} must be a number, got {out[key]!r}")
+    if out['protocol'] == 'corrected' and math.isnan(out[key]):
+      raise ValueError(f"{key} is NaN in a protocol='corrected' row")
+    out[key] = float(out[key])
+  h = out['config_hash']
+  if not (isinstance(h, str) and re.fullmatch(f'[0-9a-f]{{{CONFIG_HASH_LENGTH}}}', h)):
+    raise ValueError(
+        f"config_hash must be {CONFIG_HASH_LENGTH} lowercase hex characters (see config_hash()), "
+        f"got {h!r}")
+  return out
+
+
+def _row_key(row: Mapping) -> tuple:
+  return (row['dataset'], row['protocol'], row['defense'], row['lam'], row['setting'], row['seed'])
+
+
+def validate_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict]:
+  """validate_row on each row, and no two rows for the same run (all key fields and seed)."""
+  out, seen = [], set()
+  for i, row in enumerate(rows):
+    try:
+      checked = validate_row(row)
+    except ValueError as error:
+      raise ValueError(f"row {i}: {error}") from None
+    key = _row_key(checked)
+    if key in seen:
+      raise ValueError(
+          f"row {i} duplicates dataset/protocol/defense/lam/setting/seed {key!r}")
+    seen.add(key)
+    out.append(checked)
+  return out
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _fsync_dir(directory: Path) -> None:
+  # Makes the rename itself durable; not every platform can open a directory.
+  try:
+    fd = os.open(directory, os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(fd)
+  except OSError:
+    pass
+  finally:
+    os.close(fd)
+
+
+def _refuse(path: Path) -> FileExistsError:
+  return FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+
+
+def write_bytes_atomic(path: PathLike, data: bytes, *, overwrite: bool = False) -> Path:
+  """Writes ``data`` to ``path`` all at once or not at all; returns the path.
+
+  A temporary file in the same directory is written, fsynced, then moved in
+  place (os.replace when overwriting; os.link when not, so a file created
+  meanwhile is never clobbered). Readers never see a half-written file and a
+  crash leaves at most a stray ``.<name>.*.tmp``.
+  """
+  path = Path(path)
+  if not overwrite and path.exists():
+    raise _refuse(path)
+  if not path.parent.is_dir():
+    raise FileNotFoundError(f"directory {path.parent} does not exist; create it first")
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read.
+    if overwrite:
+      os.replace(tmp, path)
+    else:
+      try:
+        os.link(tmp, path)  # Atomic create-if-absent.
+      except FileExistsError:
+        raise _refuse(path) from None
+      except OSError:
+        # Filesystems without hard links: re-check, then rename.
+        if path.exists():
+          raise _refuse(path) from None
+        os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  _fsync_dir(path.parent)
+  return path
+
+
+def write_text_atomic(path: PathLike, text: str, *, overwrite: bool = False) -> Path:
+  """UTF-8 ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
+  if not isinstance(text, str):
+    raise ValueError(f"text must be a str, got {type(text).__name__}")
+  return write_bytes_atomic(path, text.encode('utf-8'), overwrite=overwrite)
+
+
+def write_json_atomic(path: PathLike, obj: Any, *, overwrite: bool = False) -> Path:
+  """``obj`` as indented JSON (with a final newline) to ``path`` atomically.
+
+  NaN and ±inf are written as NaN/Infinity, which Python's json reads back
+  (sg_legacy averages can be −inf); strict JSON parsers reject them.
+  """
+  try:
+    text = json.dumps(obj, indent=2, ensure_ascii=False) + '\n'
+  except TypeError as error:
+    raise ValueError(f"obj must be JSON-serialisable: {error}") from None
+  return write_text_atomic(path, text, overwrite=overwrite)
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def canonical_json(obj: Any) -> str:
+  """Sorted keys, no whitespace, UTF-8 as is: equal configs give equal text."""
+  return json.dumps(obj, sort_keys=True, separators=(',', ':'), ensure_ascii=False, allow_nan=False)
+
+
+def config_hash(config: Any) -> str:
+  """First 12 hex characters of sha256(canonical JSON of the config).
+
+  ``config`` is a mapping, a JSON string (parsed first, so key order and
+  whitespace do not matter) or anything with ``to_dict()`` (ml_collections
+  ConfigDict). Tuples hash like lists; 1 and 1.0 differ.
+  """
+  if isinstance(config, (str, bytes)):
+    try:
+      config = json.loads(config)
+    except json.JSONDecodeError as error:
+      raise ValueError(f"config string is not valid JSON: {error}") from None
+  elif hasattr(config, 'to_dict'):
+    config = config.to_dict()
+  try:
+    text = canonical_json(config)
+  except (TypeError, ValueError) as error:
+    raise ValueError(f"config must be JSON-serialisable without NaN/inf: {error}") from None
+  return hashlib.sha256(text.encode('utf-8')).hexdigest()[:CONFIG_HASH_LENGTH]
+
+
+def _package_root() -> Path:
+  return Path(__file__).resolve().parents[1]  # …/mi_jax
+
+
+def _git(args: Sequence[str], cwd: Path) -> str:
+  return subprocess.run(
+      ['git', *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=30,
+  ).stdout.strip()
+
+
+def _package_version() -> str:
+  try:
+    from importlib.metadata import version
+    return version('mi_jax')
+  except Exception:  # Not installed (e.g. run from a source tree copy).
+    import mi_jax
+    return mi_jax.__version__
+
+
+def code_version() -> str:
+  """The git commit of the mi_jax checkout, '+dirty' when it has changes; else the package version.
+
+  "Changes" are what ``git status --porcelain`` lists: modified, staged and
+  untracked files that .gitignore does not exclude (new code counts; the
+  ignored results/ and workdirs/ do not).
+  """
+  package = _package_root()
+  try:
+    top = Path(_git(['rev-parse', '--show-toplevel'], package))
+    # Only our own checkout counts, not a repository that merely contains an installed copy.
+    if (top / 'mi_jax').resolve() != package:
+      return _package_version()
+    commit = _git(['rev-parse', 'HEAD'], top)
+    dirty = bool(_git(['status', '--porcelain'], top))
+  except (OSError, subprocess.SubprocessError):
+    return _package_version()
+  return commit + ('+dirty' if dirty else '')
+
+
+# --------------------------------------------------------------------------- Markdown table
+
+METRIC_COLUMNS = (  # (row key, header, decimals, scale)
+    ('accuracy', 'Acc ↑ (%)', 2, 100.0),
+    ('psnr', 'PSNR ↓', 2, 1.0),
+    ('ssim', 'SSIM ↓', 3, 1.0),
+)
+
+
+def defense_label(defense: str, lam) -> str:
+  """'sparse-guard (λ=0.25)', or the bare name when λ is None."""
+  return defense if lam is None else f"{defense} (λ={lam:g})"
+
+
+def _format_number(value: float, decimals: int) -> str:
+  if math.isnan(value):
+    return 'NaN'
+  if math.isinf(value):
+    return 'inf' if value > 0 else '-inf'
+  return f"{value:.{decimals}f}"
+
+
+def _format_cell(values: list[float], decimals: int, scale: float) -> str:
+  """Mean over seeds, '± sample std' when there are several."""
+  scaled = [v * scale for v in values]
+  mean = statistics.fmean(scaled) if all(math.isfinite(v) for v in scaled) else (
+      sum(scaled) / len(scaled))
+  text = _format_number(mean, decimals)
+  if len(scaled) > 1 and all(math.isfinite(v) for v in scaled):
+    text += f" ± {_format_number(statistics.stdev(scaled), decimals)}"
+  return text
+
+
+def _table(dataset: str, protocol: str, rows: list[dict]) -> str:
+  settings = [s for s in SETTINGS if any(r['setting'] == s for r in rows)]
+  cells = collections.defaultdict(list)  # (defense, lam, setting) -> rows over seeds
+  order = []  # (defense, lam) by first appearance
+  for r in rows:
+    if (r['defense'], r['lam']) not in order:
+      order.append((r['defense'], r['lam']))
+    cells[(r['defense'], r['lam'], r['setting'])].append(r)
+  seeds = sorted({r['seed'] for r in rows})
+  header = ['Defense'] + [
+      f"{SETTING_TITLES[s]} {title}" for s in settings for _, title, _, _ in METRIC_COLUMNS]
+  lines = [
+      f"### {dataset} — protocol `{protocol}`",
+      '',
+      PROTOCOL_NOTES[protocol],
+      f"Seeds: {', '.join(str(s) for s in seeds)}"
+      + ('; a cell with several shows mean ± sample std.' if len(seeds) > 1 else '.'),
+      '',
+      '| ' + ' | '.join(header) + ' |',
+      '| ' + ' | '.join([':---'] + ['---:'] * (len(header) - 1)) + ' |',
+  ]
+  for defense, lam in order:
+    row_cells = [defense_label(defense, lam).replace('|', r'\|')]
+    for s in settings:
+      group = cells.get((defense, lam, s), [])
+      for key, _, decimals, scale in METRIC_COLUMNS:
+        row_cells.append(
+            _format_cell([g[key] for g in group], decimals, scale) if group else '—')
+    lines.append('| ' + ' | '.join(row_cells) + ' |')
+  return '\n'.join(lines)
+
+
+def results_markdown(rows: Iterable[Mapping[str, Any]]) -> str:
+  """Markdown tables in the layout of SG Table 1, one per (dataset, protocol).
+
+  Rows are defenses (with λ when not None) in order of first appearance;
+  column groups are the settings present (end-to-end, split), each with
+  Acc ↑ (%), PSNR ↓, SSIM ↓ — the arrows say which way a better defense
+  moves. Several seeds of one cell show mean ± sample std; a missing cell
+  shows '—'. Tables follow the first appearance of (dataset, protocol).
+  """
+  checked = validate_rows(rows)
+  if not checked:
+    raise ValueError("results_markdown needs at least one row, got 0")
+  groups = collections.OrderedDict()
+  for r in checked:
+    groups.setdefault((r['dataset'], r['protocol']), []).append(r)
+  tables = [_table(dataset, protocol, g) for (dataset, protocol), g in groups.items()]
+  return '\n\n'.join(tables) + '\n'

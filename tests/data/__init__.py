@@ -1,0 +1,1 @@
+"""Tests of mi_jax.data."""

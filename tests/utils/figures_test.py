@@ -1,0 +1,85 @@
+"""SG Fig. 3-style reconstruction grids: a valid PNG of the promised size, drawn where promised."""
+
+import os
+
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+
+from mi_jax.utils import figures
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def _cell_center(png, row, col, *, label_px, cell_px=64):
+  return png[row * cell_px + cell_px // 2, label_px + col * cell_px + cell_px // 2, :3]
+
+
+def test_grayscale_grid_is_a_png_of_the_expected_size(tmp_path):
+  originals = np.full((5, 28, 28), 255, np.uint8)  # White uint8 (N, H, W).
+  recons = {'no-defense': np.full((5, 28, 28, 1), 0.5, np.float32),
+            'sparse-guard (λ=0.25)': np.zeros((5, 28, 28, 1), np.float32)}
+  path = figures.reconstruction_grid(originals, recons, tmp_path / 'fig3.png', label_px=100)
+  assert path.read_bytes()[:8] == PNG_SIGNATURE
+  png = mpimg.imread(path)
+  assert png.shape[:2] == (3 * 64, 100 + 5 * 64)
+  assert (png.shape[1], png.shape[0]) == figures.grid_size_px(5, 3, cell_px=64, label_px=100)
+  for col in range(5):  # Rows in order: originals, then the defenses as given.
+    np.testing.assert_allclose(_cell_center(png, 0, col, label_px=100), 1.0, atol=0.01)
+    np.testing.assert_allclose(_cell_center(png, 1, col, label_px=100), 0.5, atol=0.01)
+    np.testing.assert_allclose(_cell_center(png, 2, col, label_px=100), 0.0, atol=0.01)
+  # The label column is white except for the text.
+  assert png[:, :100, :3].mean() > 0.9
+  assert os.listdir(tmp_path) == ['fig3.png']
+
+
+def test_rgb_grid_keeps_colours(tmp_path):
+  red = np.zeros((2, 16, 16, 3), np.float32)
+  red[..., 0] = 1.0
+  blue = np.zeros_like(red)
+  blue[..., 2] = 1.0
+  path = figures.reconstruction_grid(red, {'swap': blue}, tmp_path / 'rgb.png', label_px=40,
+                                     cell_px=32)
+  png = mpimg.imread(path)
+  assert png.shape[:2] == (2 * 32, 40 + 2 * 32)
+  np.testing.assert_allclose(_cell_center(png, 0, 1, label_px=40, cell_px=32), [1, 0, 0], atol=0.01)
+  np.testing.assert_allclose(_cell_center(png, 1, 0, label_px=40, cell_px=32), [0, 0, 1], atol=0.01)
+
+
+def test_default_label_column_fits_the_longest_label(tmp_path):
+  images = np.zeros((1, 12, 12), np.float32)
+  short = figures.label_width_px(['original', 'a'])
+  long = figures.label_width_px(['original', 'a much longer defense name (λ=0.25)'])
+  assert long > short + 100
+  path = figures.reconstruction_grid(images, {'a much longer defense name (λ=0.25)': images},
+                                     tmp_path / 'g.png')
+  assert mpimg.imread(path).shape[:2] == (128, long + 64)
+
+
+def test_refuses_to_overwrite(tmp_path):
+  images = np.zeros((1, 12, 12), np.float32)
+  path = tmp_path / 'g.png'
+  path.write_bytes(b'keep')
+  with pytest.raises(FileExistsError, match=r"g.png already exists; pass overwrite=True"):
+    figures.reconstruction_grid(images, {'a': images}, path)
+  assert path.read_bytes() == b'keep'
+  figures.reconstruction_grid(images, {'a': images}, path, overwrite=True)
+  assert path.read_bytes()[:8] == PNG_SIGNATURE
+
+
+IMG = np.zeros((2, 12, 12), np.float32)
+
+
+@pytest.mark.parametrize('originals,recons,pattern', [
+    (IMG, {'a': IMG[:1]}, r"reconstructions_by_defense\['a'\] has shape \(1, 12, 12, 1\) but originals"),
+    (IMG - 0.5, {'a': IMG}, r"originals has values in \[-0.5, -0.5\], outside \[0, 1\]; de-normalise"),
+    (IMG.astype(np.int64), {'a': IMG}, r"originals must be uint8 or floating point"),
+    (np.zeros((2, 12, 12, 2), np.float32), {}, r"originals must have shape \(N, H, W\) or \(N, H, W, C\) with C in \(1, 3\)"),
+    (IMG, {'': IMG}, r"defense names must be non-empty strings"),
+    (IMG, [IMG], r"reconstructions_by_defense must be a dict"),
+])
+def test_bad_input_raises_one_line_value_error(tmp_path, originals, recons, pattern):
+  with pytest.raises(ValueError, match=pattern) as error:
+    figures.reconstruction_grid(originals, recons, tmp_path / 'bad.png')
+  assert '\n' not in str(error.value)
+  assert os.listdir(tmp_path) == []
