@@ -26,7 +26,7 @@ from mi_jax import data as mi_data
 from mi_jax import defenses
 from mi_jax.attacks.surrogate import surrogate_attack
 from mi_jax.metrics.image_quality import mean_psnr_ssim
-from mi_jax.metrics.legacy import legacy_sg_scores
+from mi_jax.metrics.legacy import SG_EVAL_SETTINGS, legacy_sg_scores
 from mi_jax.train import loop
 from mi_jax.train.inference import apply_in_batches
 from mi_jax.train.state import init_train_state, make_optimizer, merge_model, replicated
@@ -39,7 +39,10 @@ from mi_jax.utils.sweep import expand
 OPTIMIZERS = ('sgd', 'adam')
 THRESHOLDS = ('soft', 'hard')
 DICTIONARY_UPDATES = ('frozen', 'hebbian', 'gradient')
-GRADS = ('unroll', 'checkpoint')
+GRADS = ('unroll', 'checkpoint', 'stop')
+# Which SG reference script each defense's sg_legacy numbers imitate.
+_SG_SCRIPT_FAMILY = {'no-defense': 'no_def', 'sparse-standard': 'sparse_standard',
+                     'sparse-guard': 'sparse_guard'}
 
 
 class ConfigError(ValueError):
@@ -168,7 +171,11 @@ def run_point(config, split, *, mesh, workdir) -> tuple[dict, dict]:
     # The SG code's own numbers on Normalize()d tensors (fidelity.md #2, #3),
     # next to the correct [0, 1] ones under their own names.
     mean, std = config.data.normalization
-    legacy = legacy_sg_scores((originals - mean) / std, attack.normalized_reconstructions)
+    # The SG scripts score shuffled DataLoader batches, float16 and 32 per
+    # batch in its LCA scripts, float32 and 64 in its baselines.
+    order = np.random.default_rng([config.seed, 2]).permutation(len(originals))
+    legacy = legacy_sg_scores((originals[order] - mean) / std, attack.normalized_reconstructions[order],
+                              **SG_EVAL_SETTINGS[_SG_SCRIPT_FAMILY[config.defense.name]])
     row.update({'psnr': legacy.psnr, 'ssim': legacy.ssim, 'sg_row_frechet': legacy.row_frechet,
                 'psnr_unit_range': quality.psnr, 'ssim_unit_range': quality.ssim})
   shown = config.attack.figure_images

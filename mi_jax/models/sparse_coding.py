@@ -26,6 +26,11 @@ from flax import nnx
 from mi_jax import lca
 
 DICTIONARY_UPDATES = ('frozen', 'hebbian', 'gradient')
+# 'unroll' / 'checkpoint': backprop through the LCA loop (as the SG code's
+# autograd does). 'stop': the codes pass no gradient to the layer's input or
+# dictionary — a forward-only layer, for machines where the backward pass
+# through the loop is unaffordable (XLA:CPU: ~20× the forward).
+SCL_GRADS = ('unroll', 'checkpoint', 'stop')
 
 
 class LcaDictionary(nnx.Variable):
@@ -63,6 +68,8 @@ class SparseCodingLayer(nnx.Module):
       hebbian_eta: float = 0.01,
       rngs: nnx.Rngs,
   ):
+    if grad not in SCL_GRADS:
+      raise ValueError(f"grad must be one of {SCL_GRADS}, got {grad!r}")
     if dictionary_update not in DICTIONARY_UPDATES:
       raise ValueError(
           f"dictionary_update must be one of {DICTIONARY_UPDATES}, got {dictionary_update!r}"
@@ -82,9 +89,12 @@ class SparseCodingLayer(nnx.Module):
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     if self.normalize_input:
       x = lca.normalize_per_sample(x)
+    dictionary = self.dictionary[...]
+    if self.grad == 'stop':
+      x, dictionary = jax.lax.stop_gradient((x, dictionary))
     codes = lca.solve(
         x,
-        self.dictionary[...],
+        dictionary,
         lam=self.lam,
         n_steps=self.n_steps,
         tau=self.tau,
@@ -92,7 +102,7 @@ class SparseCodingLayer(nnx.Module):
         stride=self.stride,
         threshold=self.threshold,
         nonneg=self.nonneg,
-        grad=self.grad,
+        grad='unroll' if self.grad == 'stop' else self.grad,
         lateral=self.lateral,
     )
     if train and self.dictionary_update == 'hebbian':

