@@ -24,7 +24,7 @@ from flax import nnx
 
 from mi_jax import data as mi_data
 from mi_jax import defenses
-from mi_jax.attacks.surrogate import surrogate_attack
+from mi_jax.attacks.surrogate import legacy_surrogate_attack, query_target, surrogate_attack
 from mi_jax.metrics.image_quality import mean_psnr_ssim
 from mi_jax.metrics.legacy import SG_EVAL_SETTINGS, legacy_sg_scores
 from mi_jax.train import loop
@@ -77,6 +77,8 @@ def validate_config(config, *, num_devices: int) -> None:
   _check(len(config.defense.dictionary_update) == 2
          and all(u in DICTIONARY_UPDATES for u in config.defense.dictionary_update),
          f"defense.dictionary_update must be two of {DICTIONARY_UPDATES}, got {config.defense.dictionary_update!r}")
+  _check(not (config.defense.grad == 'stop' and 'gradient' in config.defense.dictionary_update),
+         "defense.dictionary_update 'gradient' needs defense.grad in ('unroll', 'checkpoint'), got 'stop'")
   for block in ('train', 'attack'):
     cfg = config[block]
     _check(cfg.optimizer in OPTIMIZERS, f"{block}.optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
@@ -93,7 +95,12 @@ def validate_config(config, *, num_devices: int) -> None:
         ('sweep.protocols', config.sweep.protocols, defenses.PROTOCOLS)):
       bad = [v for v in values if v not in allowed]
       _check(values and not bad, f"{name} must be a non-empty tuple of {allowed}, got {tuple(values)!r}")
-    _check(all(lam >= 0 for lam in config.sweep.lams), f"sweep.lams must all be >= 0, got {config.sweep.lams!r}")
+    for defense in config.sweep.defenses:
+      if defenses.uses_lambda(defense):
+        key = defense.replace('-', '_')
+        lams = config.sweep.lams.get(key)
+        _check(lams is not None and len(lams) > 0 and all(lam >= 0 for lam in lams),
+               f"sweep.lams.{key} must be a non-empty tuple of λ >= 0, got {lams!r}")
 
 
 def _to_json(config) -> dict:
@@ -146,13 +153,26 @@ def run_point(config, split, *, mesh, workdir) -> tuple[dict, dict]:
   writer = MetricWriter(workdir)
   started = time.perf_counter()
   graphdef, state = train_target(config, split, mesh=mesh, workdir=workdir, writer=writer)
-  test_accuracy = accuracy(graphdef, state, split.heldout_images, split.heldout_labels,
-                           batch_size=config.attack.batch_size, mesh=mesh)
   leak = defenses.LEAK_OF_SETTING[config.setting]
-  attack = surrogate_attack(
-      config=config, target_graphdef=graphdef, target_state=state, leak=leak,
-      aux_images=split.heldout_images, private_images=split.private_images, mesh=mesh,
-      rng=jax.random.key(config.seed + 7), workdir=workdir, writer=writer)
+  attack_rng = jax.random.key(config.seed + 7)
+  if config.protocol == 'sg_legacy':
+    test_accuracy = accuracy(graphdef, state, split.heldout_images, split.heldout_labels,
+                             batch_size=config.attack.batch_size, mesh=mesh)
+    attack = legacy_surrogate_attack(
+        config=config, target_graphdef=graphdef, target_state=state, leak=leak,
+        aux_images=split.heldout_images, private_images=split.private_images, mesh=mesh,
+        rng=attack_rng, workdir=workdir, writer=writer)
+  else:
+    # One pass over the held-out set serves both the accuracy and the
+    # attacker's queries.
+    query = lambda images, salt: query_target(config, graphdef, state, images, leak=leak, mesh=mesh,
+                                              key=jax.random.fold_in(attack_rng, salt))
+    aux_features, predictions = query(split.heldout_images, 0)
+    test_accuracy = float(np.mean(predictions == split.heldout_labels))
+    private_features, _ = query(split.private_images, 1)
+    attack = surrogate_attack(
+        config=config, aux_features=aux_features, aux_images=split.heldout_images,
+        private_features=private_features, mesh=mesh, rng=attack_rng, workdir=workdir, writer=writer)
   originals = split.private_images.astype(np.float32) / 255.0
   quality = mean_psnr_ssim(originals, attack.reconstructions)
   baseline = mean_psnr_ssim(originals, attack.untrained_reconstructions)
@@ -208,6 +228,13 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
     point_dir = os.path.join(workdir, 'points', name)
     row_path, figure_path = os.path.join(point_dir, 'row.json'), os.path.join(point_dir, 'figure.npz')
     print(f"=== point {index + 1}/{len(points)}: {name}", flush=True)
+    point_config_path = os.path.join(point_dir, 'config.json')
+    if os.path.exists(point_config_path):
+      with open(point_config_path) as f:
+        if json.load(f) != _to_json(point):
+          raise FileExistsError(
+              f"{point_dir} was started with a different config; resume with the same config "
+              "or choose a new --workdir")
     if os.path.exists(row_path) and os.path.exists(figure_path):
       with open(row_path) as f:
         row = json.load(f)
@@ -217,7 +244,7 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
     else:
       os.makedirs(point_dir, exist_ok=True)
       if jax.process_index() == 0:
-        results_io.write_json_atomic(os.path.join(point_dir, 'config.json'), _to_json(point), overwrite=True)
+        results_io.write_json_atomic(point_config_path, _to_json(point), overwrite=True)
       row, figure = run_point(point, split, mesh=mesh, workdir=point_dir)
       if jax.process_index() == 0:
         _write_npz_atomic(figure_path, figure)

@@ -90,3 +90,13 @@ def test_tiny_sweep_on_real_mnist(tmp_path):
     pytest.skip(f'real MNIST not available: {error}')
   rows = experiment.run(load_config('tiny'), str(tmp_path), mesh=mesh_of(8))
   assert len(rows) == 2 and all(np.isfinite(r['psnr']) for r in rows)
+
+
+def test_resuming_with_a_different_config_is_refused(tmp_path, synthetic_split):
+  config = load_config('tiny')
+  experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+  os.remove(tmp_path / 'results.json')
+  with config.unlocked():
+    config.attack.epochs = 3
+  with pytest.raises(FileExistsError, match='was started with a different config'):
+    experiment.run(config, str(tmp_path), mesh=mesh_of(8))

@@ -29,9 +29,10 @@ import numpy as np
 import optax
 from flax import nnx
 
+from mi_jax import data as mi_data
 from mi_jax.models.decoder import InversionDecoder, LegacyRowDecoder
 from mi_jax.train import loop
-from mi_jax.train.inference import apply_in_batches, global_batch, process_rows
+from mi_jax.train.inference import apply_in_batches
 from mi_jax.train.state import init_train_state, make_optimizer, merge_model, replicated, split_model
 from mi_jax.train.step import jit_step
 
@@ -47,40 +48,36 @@ class AttackResult:
   normalized_reconstructions: Optional[np.ndarray] = None  # sg_legacy: decoder output as is
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-  return np.random.default_rng([seed, epoch]).permutation(n)
-
-
 def _unit(images: np.ndarray) -> np.ndarray:
   return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images
 
 
-def surrogate_attack(*, config, target_graphdef, target_state, leak: str, aux_images, private_images,
-                     mesh, rng, workdir: str, writer) -> AttackResult:
-  """Runs the attack; returns reconstructions of ``private_images``."""
-  if config.protocol == 'sg_legacy':
-    return _legacy_attack(config=config, target_graphdef=target_graphdef, target_state=target_state,
-                          leak=leak, aux_images=aux_images, private_images=private_images,
-                          mesh=mesh, rng=rng, workdir=workdir, writer=writer)
+def query_target(config, target_graphdef, target_state, images, *, leak: str, mesh, key):
+  """One inference pass: the leaked features and the predicted labels.
+
+  A fresh noise key per batch, for stochastic defenses that stay on at query
+  time (``attack.noise_at_query``).
+  """
   cfg = config.attack
-  query_key = jax.random.fold_in(rng, 1)
 
   @jax.jit
-  def query_batch(params, model_state, images, key):
+  def query_batch(params, model_state, batch, batch_key):
     target = merge_model(target_graphdef, params, model_state)
-    return target.leak(images, leak, key=key if cfg.noise_at_query else None)
+    out = target.activations(batch, train=False, key=batch_key if cfg.noise_at_query else None)
+    return out[leak], jnp.argmax(out['logits'], -1)
 
-  def query(images, split_id):
-    # A fresh noise key per batch for stochastic defenses.
-    batch_counter = iter(range(1 << 30))
-    key_of = lambda: jax.random.fold_in(jax.random.fold_in(query_key, split_id), next(batch_counter))
-    fn = lambda im: query_batch(target_state['params'], target_state['model_state'], im, key_of())
-    return apply_in_batches(fn, (images,), batch_size=cfg.batch_size, mesh=mesh)
+  counter = iter(range(1 << 30))
+  fn = lambda batch: query_batch(target_state['params'], target_state['model_state'], batch,
+                                 jax.random.fold_in(key, next(counter)))
+  return apply_in_batches(fn, (images,), batch_size=cfg.batch_size, mesh=mesh)
 
-  aux_features = query(aux_images, 0)
-  private_features = query(private_images, 1)
 
-  image_shape = tuple(private_images.shape[1:])
+def surrogate_attack(*, config, aux_features, aux_images, private_features, mesh, rng, workdir: str,
+                     writer) -> AttackResult:
+  """Trains the inversion decoder on (aux features → aux images); returns the
+  reconstructions of the private images from ``private_features``."""
+  cfg = config.attack
+  image_shape = tuple(aux_images.shape[1:])
   decoder = InversionDecoder(aux_features.shape[-1], image_shape, hidden=cfg.decoder_hidden,
                              rngs=nnx.Rngs(config.seed + 1))
   tx = make_optimizer(cfg)
@@ -108,16 +105,13 @@ def surrogate_attack(*, config, target_graphdef, target_state, leak: str, aux_im
     return ({'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
              'model_state': model_state, 'opt_state': opt_state}, {'mse': loss})
 
-  steps_per_epoch = len(aux_images) // cfg.batch_size
-  if steps_per_epoch < 1:
-    raise ValueError(
-        f"attack.batch_size={cfg.batch_size} exceeds the {len(aux_images)} auxiliary images")
+  steps_per_epoch = mi_data.steps_per_epoch(len(aux_images), cfg.batch_size)
+  arrays = (aux_features, aux_images)
 
   def batch_at(step):
-    epoch, index = divmod(step, steps_per_epoch)
-    rows = epoch_order(len(aux_images), config.seed, epoch)[index * cfg.batch_size:(index + 1) * cfg.batch_size]
-    return {'features': global_batch(process_rows(aux_features[rows]), mesh),
-            'image': global_batch(process_rows(_unit(aux_images[rows])), mesh)}
+    features, images = mi_data.local_batch(arrays, cfg.batch_size, seed=config.seed,
+                                           position=mi_data.Position(*divmod(step, steps_per_epoch)))
+    return mi_data.to_global_array({'features': features, 'image': _unit(images)}, mesh)
 
   step_fn = jit_step(attack_step, state, mesh)
   state = loop.fit(
@@ -130,8 +124,8 @@ def surrogate_attack(*, config, target_graphdef, target_state, leak: str, aux_im
   return AttackResult(reconstructions=reconstructions, untrained_reconstructions=untrained)
 
 
-def _legacy_attack(*, config, target_graphdef, target_state, leak, aux_images, private_images,
-                   mesh, rng, workdir, writer) -> AttackResult:
+def legacy_surrogate_attack(*, config, target_graphdef, target_state, leak, aux_images, private_images,
+                            mesh, rng, workdir, writer) -> AttackResult:
   """The SG code's attack loop (fidelity.md #1), for side-by-side numbers."""
   cfg = config.attack
   mean, std = config.data.normalization
@@ -168,15 +162,12 @@ def _legacy_attack(*, config, target_graphdef, target_state, leak, aux_images, p
     params = optax.apply_updates(state['params'], updates)
     return {**state, 'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, {'mse': loss}
 
-  steps_per_epoch = len(aux_images) // cfg.batch_size
-  if steps_per_epoch < 1:
-    raise ValueError(
-        f"attack.batch_size={cfg.batch_size} exceeds the {len(aux_images)} auxiliary images")
+  steps_per_epoch = mi_data.steps_per_epoch(len(aux_images), cfg.batch_size)
 
   def batch_at(step):
-    epoch, index = divmod(step, steps_per_epoch)
-    rows = epoch_order(len(aux_images), config.seed, epoch)[index * cfg.batch_size:(index + 1) * cfg.batch_size]
-    return {'image': global_batch(process_rows(aux_images[rows]), mesh)}
+    (images,) = mi_data.local_batch((aux_images,), cfg.batch_size, seed=config.seed,
+                                    position=mi_data.Position(*divmod(step, steps_per_epoch)))
+    return mi_data.to_global_array({'image': images}, mesh)
 
   @jax.jit
   def reconstruct(params, model_state, images):

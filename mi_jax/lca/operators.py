@@ -26,7 +26,9 @@ The lateral term ``(ΦᵀΦ − diag‖ω‖²) a`` has two exact formulations:
 * ``'recon'``: one transposed conv and one conv per step, cost
   ``≈ 2·H'W'·F·C·kh·kw`` MACs per sample;
 * ``'gram'``: one stride-1 conv with a precomputed ``(2m_h+1)×(2m_w+1)×F×F``
-  kernel, ``m = (k − 1) // s``, cost ``≈ H'W'·F²·(2m_h+1)(2m_w+1)``.
+  kernel, ``m = (k − 1) // s``, cost ``≈ H'W'·F²·(2m_h+1)(2m_w+1)``;
+* ``'gemm'``: the ``'recon'`` arithmetic as im2col/col2im GEMMs, which
+  XLA:CPU runs much faster than convolutions inside a compiled loop.
 """
 
 from __future__ import annotations
@@ -174,6 +176,43 @@ def lateral_with_kernel(codes: jax.Array, kernel: jax.Array) -> jax.Array:
       dimension_numbers=_DIMS,
       precision=jax.lax.Precision.HIGHEST,
   )
+
+
+def _tap_window(geom: Geometry, i: int, j: int):
+  """Canvas rows/columns that kernel tap (i, j) touches, one per code position."""
+  (hc, wc), (sh, sw) = geom.code_hw, geom.stride
+  return (slice(None), slice(i, i + sh * (hc - 1) + 1, sh), slice(j, j + sw * (wc - 1) + 1, sw))
+
+
+def synthesis_gemm(codes: jax.Array, dictionary: jax.Array, geom: Geometry) -> jax.Array:
+  """Φ a as one GEMM (codes × taps) and a col2im of shifted adds.
+
+  Same numbers as :func:`synthesis`. XLA:CPU runs convolutions inside a
+  compiled loop body several times slower than outside; GEMMs and slices
+  keep their speed, which makes this the fast form for few input channels.
+  """
+  kh, kw, c, _ = dictionary.shape
+  columns = jnp.einsum('nyxf,ijcf->nyxijc', codes, dictionary, precision=jax.lax.Precision.HIGHEST)
+  canvas = jnp.zeros((codes.shape[0], *geom.canvas_hw, c), codes.dtype)
+  for i in range(kh):
+    for j in range(kw):
+      canvas = canvas.at[_tap_window(geom, i, j)].add(columns[:, :, :, i, j, :])
+  return canvas
+
+
+def analysis_gemm(canvas: jax.Array, dictionary: jax.Array, geom: Geometry) -> jax.Array:
+  """Φᵀ r as an im2col and one GEMM (same numbers as :func:`analysis`)."""
+  kh, kw, c, f = dictionary.shape
+  patches = jnp.stack(
+      [canvas[_tap_window(geom, i, j)] for i in range(kh) for j in range(kw)], axis=3)
+  return jnp.einsum('nyxpc,pcf->nyxf', patches, dictionary.reshape(kh * kw, c, f),
+                    precision=jax.lax.Precision.HIGHEST)
+
+
+def lateral_gemm(codes, dictionary, geom):
+  """(ΦᵀΦ − diag‖ω‖²) a through GEMMs instead of convolutions."""
+  gram_codes = analysis_gemm(synthesis_gemm(codes, dictionary, geom), dictionary, geom)
+  return gram_codes - atom_sq_norms(dictionary) * codes
 
 
 def lateral_flops(geom: Geometry, channels: int, features: int) -> dict[str, int]:

@@ -34,7 +34,7 @@ from mi_jax.lca.thresholds import THRESHOLDS
 SOLVERS = ('lca', 'fista')
 GRADS = ('auto', 'unroll', 'checkpoint', 'implicit')
 PADDINGS = ('same', 'valid')
-LATERALS = ('auto', 'recon', 'gram')
+LATERALS = ('auto', 'recon', 'gram', 'gemm')
 _RECON_ADVANTAGE = 4.0  # 'auto' picks 'recon' only below 1/4 of the Gram FLOPs
 
 
@@ -116,9 +116,11 @@ def solve(
       ``'implicit'`` (implicit function theorem at the solution; FISTA only).
       ``'auto'``: unroll for LCA, implicit for FISTA.
     lateral: how LCA applies G = ΦᵀΦ − diag‖ω‖²: ``'recon'`` (transposed conv
-      + conv), ``'gram'`` (one conv with the precomputed (2m+1)²·F² kernel) or
-      ``'auto'`` ('recon' when it needs under a quarter of the Gram form's
-      multiply-adds, else 'gram'). Same numbers either way.
+      + conv), ``'gemm'`` (the same through im2col GEMMs), ``'gram'`` (one
+      conv with the precomputed (2m+1)²·F² kernel) or ``'auto'`` (the
+      reconstruction path when it needs under a quarter of the Gram form's
+      multiply-adds, as 'gemm' on CPU and 'recon' elsewhere; else 'gram').
+      Same numbers either way.
     tol: FISTA only: stop once the largest per-sample relative code change is
       below ``tol`` (needs ``grad='implicit'``).
     return_info: also return :class:`SolveInfo`.
@@ -198,6 +200,8 @@ def _lateral_operator(dictionary, static: _Static):
   if static.lateral == 'gram':
     kernel = operators.gram_kernel(dictionary, static.geom)
     return lambda codes: operators.lateral_with_kernel(codes, kernel)
+  if static.lateral == 'gemm':
+    return lambda codes: operators.lateral_gemm(codes, dictionary, static.geom)
   return lambda codes: operators.lateral_recon(codes, dictionary, static.geom)
 
 
@@ -344,9 +348,13 @@ def _validate(x, dictionary, *, lam, n_steps, solver, tau, dt, stride, padding,
     raise ValueError(f"cg_tol must be > 0 and cg_maxiter >= 1, got {cg_tol!r}, {cg_maxiter!r}")
   if lateral == 'auto':
     flops = operators.lateral_flops(geom, d_shape[-2], d_shape[-1])
-    # The recon form's transposed conv runs several times slower per FLOP
-    # inside a compiled loop (measured on XLA:CPU), so it must save a lot.
-    lateral = 'recon' if flops['gram'] > _RECON_ADVANTAGE * flops['recon'] else 'gram'
+    # The reconstruction path does fewer FLOPs, but runs at a lower rate:
+    # it must save a lot before it wins. On CPU its GEMM form is used, since
+    # XLA:CPU convolutions inside a loop body are several times slower.
+    if flops['gram'] > _RECON_ADVANTAGE * flops['recon']:
+      lateral = 'gemm' if jax.default_backend() == 'cpu' else 'recon'
+    else:
+      lateral = 'gram'
   return _Static(
       geom=geom, dense=dense, n_steps=int(n_steps), solver=solver, threshold=threshold,
       nonneg=bool(nonneg), normalize_input=bool(normalize_input), grad=grad,

@@ -74,6 +74,8 @@ class SparseCodingLayer(nnx.Module):
       raise ValueError(
           f"dictionary_update must be one of {DICTIONARY_UPDATES}, got {dictionary_update!r}"
       )
+    if dictionary_update == 'gradient' and grad == 'stop':
+      raise ValueError("dictionary_update='gradient' needs gradients through the codes: grad must not be 'stop'")
     shape = (kernel_size, kernel_size, in_features, features)
     # lcapt initialises with torch.nn.init.trunc_normal_ (N(0, 1) cut at ±2)
     # and then normalises every atom.

@@ -12,31 +12,21 @@ from typing import Callable
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-
-def global_batch(local: np.ndarray, mesh) -> jax.Array:
-  """This process's rows of a batch → one array sharded along 'data'."""
-  return jax.make_array_from_process_local_data(NamedSharding(mesh, P('data')), local)
-
-
-def process_rows(global_rows: np.ndarray) -> np.ndarray:
-  """The contiguous share of a global batch that belongs to this process."""
-  per_process = len(global_rows) // jax.process_count()
-  start = jax.process_index() * per_process
-  return global_rows[start:start + per_process]
+from mi_jax.data.batching import process_slice, to_global_array
 
 
 def apply_in_batches(fn: Callable, arrays, *, batch_size: int, mesh):
   """``fn(*batch)`` over aligned arrays (same length); returns host outputs."""
   n = len(arrays[0])
+  mine = process_slice(batch_size, jax.process_index(), jax.process_count())
   outputs = []
   for start in range(0, n, batch_size):
     chunk = [a[start:start + batch_size] for a in arrays]
     valid = len(chunk[0])
     if valid < batch_size:  # pad with copies of the first row: static shapes
       chunk = [np.concatenate([c, np.repeat(c[:1], batch_size - valid, axis=0)]) for c in chunk]
-    result = fn(*(global_batch(process_rows(c), mesh) for c in chunk))
+    result = fn(*to_global_array(tuple(c[mine] for c in chunk), mesh))
     if jax.process_count() > 1:
       result = multihost_utils.process_allgather(result, tiled=True)
     outputs.append(jax.tree.map(lambda r: np.asarray(r)[:valid], result))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mi_jax.attacks.surrogate import surrogate_attack
+from mi_jax.attacks.surrogate import legacy_surrogate_attack, query_target, surrogate_attack
 from mi_jax.defenses import build_target
 from mi_jax.train.state import init_train_state, make_optimizer
 from mi_jax.utils.metric_writer import MetricWriter
@@ -28,9 +28,17 @@ def _attack(tmp_path, protocol, epochs=8):
   private, _ = synthetic_digits(32, seed=2)
   mesh = mesh_of(2)
   with jax.set_mesh(mesh):
-    result = surrogate_attack(config=config, target_graphdef=graphdef, target_state=state, leak='first',
-                              aux_images=aux, private_images=private, mesh=mesh, rng=jax.random.key(0),
-                              workdir=str(tmp_path), writer=MetricWriter(str(tmp_path)))
+    if protocol == 'sg_legacy':
+      result = legacy_surrogate_attack(
+          config=config, target_graphdef=graphdef, target_state=state, leak='first', aux_images=aux,
+          private_images=private, mesh=mesh, rng=jax.random.key(0), workdir=str(tmp_path),
+          writer=MetricWriter(str(tmp_path)))
+    else:
+      query = lambda images: query_target(config, graphdef, state, images, leak='first', mesh=mesh,
+                                          key=jax.random.key(1))[0]
+      result = surrogate_attack(
+          config=config, aux_features=query(aux), aux_images=aux, private_features=query(private),
+          mesh=mesh, rng=jax.random.key(0), workdir=str(tmp_path), writer=MetricWriter(str(tmp_path)))
   return result, private.astype(np.float32) / 255.0, before, state
 
 

@@ -30,7 +30,7 @@ def _oihw(d):
 @pytest.mark.parametrize('stride', [1, 2])
 @pytest.mark.parametrize('nonneg', [True, False])
 @pytest.mark.parametrize('threshold', ['soft', 'hard'])
-@pytest.mark.parametrize('lateral', ['recon', 'gram'])
+@pytest.mark.parametrize('lateral', ['recon', 'gram', 'gemm'])
 def test_matches_lcapt(stride, nonneg, threshold, lateral):
   seed = zlib.crc32(repr((stride, nonneg, threshold, lateral)).encode()) % 1000
   x, d = _problem(seed)
@@ -59,8 +59,9 @@ def test_matches_lcapt_sparse_guard_setting():
   np.testing.assert_allclose(_nchw(codes), expected, atol=TOLERANCE, rtol=0)
 
 
+@pytest.mark.parametrize('lateral', ['recon', 'gram', 'gemm'])
 @pytest.mark.parametrize('kernel,stride', [((3, 5), (2, 1)), ((4, 4), (2, 2)), ((4, 3), (3, 2))])
-def test_matches_lcapt_valid_padding(kernel, stride):
+def test_matches_lcapt_valid_padding(kernel, stride, lateral):
   """'valid' padding, odd and even kernels (lcapt's other lateral-pad rules)."""
   x, d = _problem(3, hw=(12, 10), k=kernel)
   codes = lca.solve(x, d, lam=0.2, n_steps=80, tau=10.0, stride=stride, padding='valid',
@@ -129,3 +130,17 @@ def test_bfloat16_input_keeps_float32_state():
   full = lca.solve(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32), d, lam=0.1,
                    n_steps=100, tau=100.0)
   np.testing.assert_allclose(np.asarray(low), np.asarray(full), atol=1e-6)
+
+
+def test_gemm_operators_are_the_conv_operators():
+  from mi_jax.lca import operators
+  rng = np.random.default_rng(12)
+  for stride, padding, hw in [((1, 1), 'same', (9, 8)), ((2, 3), 'same', (11, 10)), ((2, 2), 'valid', (12, 9))]:
+    geom = operators.Geometry(hw, (5, 3), stride, padding)
+    d = rng.normal(size=(5, 3, 3, 4)).astype(np.float32)
+    codes = rng.normal(size=(2, *geom.code_hw, 4)).astype(np.float32)
+    canvas = rng.normal(size=(2, *geom.canvas_hw, 3)).astype(np.float32)
+    np.testing.assert_allclose(operators.synthesis_gemm(codes, d, geom),
+                               operators.synthesis(codes, d, geom), atol=1e-5)
+    np.testing.assert_allclose(operators.analysis_gemm(canvas, d, geom),
+                               operators.analysis(canvas, d, geom), atol=1e-5)

@@ -9,7 +9,7 @@ from flax import nnx
 
 from mi_jax.defenses import build_target
 from mi_jax.train import loop
-from mi_jax.train.inference import global_batch
+from mi_jax.data import to_global_array
 from mi_jax.train.state import init_train_state, make_optimizer, replicated
 from mi_jax.train.step import jit_step, make_classifier_step
 from mi_jax.utils.metric_writer import MetricWriter
@@ -37,7 +37,7 @@ def _train(workdir, *, kill_at=None, make_nan=False):
     if step == kill_at:
       raise Killed(step)
     order = np.random.default_rng([0, step // 4]).permutation(64)[(step % 4) * 16:(step % 4 + 1) * 16]
-    return {'image': global_batch(images[order], mesh), 'label': global_batch(labels[order], mesh)}
+    return to_global_array({'image': images[order], 'label': labels[order]}, mesh)
 
   with jax.set_mesh(mesh):
     return loop.fit(

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from mi_jax.defenses import build_target
-from mi_jax.train.inference import global_batch
+from mi_jax.data import to_global_array
 from mi_jax.train.state import init_train_state, make_optimizer
 from mi_jax.train.step import jit_step, make_classifier_step
 from tests.helpers import load_config, mesh_of, synthetic_digits
@@ -34,7 +34,7 @@ def _run_steps(n_devices, n_steps=2):
   with jax.set_mesh(mesh):
     for i in range(n_steps):
       rows = slice(16 * i, 16 * (i + 1))
-      batch = {'image': global_batch(images[rows], mesh), 'label': global_batch(labels[rows], mesh)}
+      batch = to_global_array({'image': images[rows], 'label': labels[rows]}, mesh)
       state, measurements = step(state, batch, jax.random.key(0))
       losses.append(float(measurements['loss']))
   return losses, jax.device_get(state)
@@ -73,7 +73,7 @@ def test_legacy_protocol_keeps_dictionaries_frozen_and_normalises_inputs():
   before = np.asarray(state['model_state']['front']['scl2']['dictionary'])
   with jax.set_mesh(mesh):
     new_state, _ = step(jax.tree.map(jnp.copy, state),
-                        {'image': global_batch(images, mesh), 'label': global_batch(labels, mesh)},
+                        to_global_array({'image': images, 'label': labels}, mesh),
                         jax.random.key(0))
   np.testing.assert_array_equal(np.asarray(new_state['model_state']['front']['scl2']['dictionary']), before)
 
@@ -82,6 +82,7 @@ def test_gradient_trained_dictionary_is_a_param_and_stays_normalised():
   config, graphdef, state, tx = _setup()
   with config.unlocked():
     config.defense.dictionary_update = ('gradient', 'gradient')
+    config.defense.grad = 'unroll'
   model = build_target(config, (28, 28, 1), 10, rngs=nnx.Rngs(0))
   graphdef, state = init_train_state(model, tx)
   assert 'dictionary' in state['params']['front']['scl1']
@@ -90,11 +91,19 @@ def test_gradient_trained_dictionary_is_a_param_and_stays_normalised():
   images, labels = synthetic_digits(16)
   before = np.asarray(state['params']['front']['scl1']['dictionary'])
   with jax.set_mesh(mesh):
-    new_state, _ = step(state, {'image': global_batch(images, mesh), 'label': global_batch(labels, mesh)},
+    new_state, _ = step(state, to_global_array({'image': images, 'label': labels}, mesh),
                         jax.random.key(0))
   after = np.asarray(new_state['params']['front']['scl1']['dictionary'])
   assert np.abs(after - before).max() > 1e-7
   np.testing.assert_allclose(np.sqrt((after ** 2).sum(axis=(0, 1, 2))), 1.0, atol=1e-5)
+
+
+def test_gradient_dictionary_without_gradients_is_refused():
+  config = load_config('tiny')
+  with config.unlocked():
+    config.defense.dictionary_update = ('gradient', 'frozen')
+  with pytest.raises(ValueError, match="dictionary_update='gradient' needs gradients"):
+    build_target(config, (28, 28, 1), 10, rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize('defense', ['no-defense', 'sparse-standard', 'sparse-guard'])

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: set up the venv, prepare real MNIST
+# (offline route when there is no internet), run the Sparse-Guard grid at
+# the small CPU scale, and print where the table and figures are.
+# Usage: scripts/run_main.sh [WORKDIR] [extra flags for the experiment]
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$("$root/scripts/setup_env.sh" | tail -n 1)"
+cd "$root"
+workdir="${1:-results/sg_mnist_small_$(date +%Y%m%d_%H%M%S)}"
+shift || true
+"$venv/bin/python" -m mi_jax.data.prepare mnist
+exec "$venv/bin/python" -m experiments.sparse_guard \
+  --config=configs/sparse_guard_mnist.py:small --workdir="$workdir" "$@"
