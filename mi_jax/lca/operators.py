@@ -191,12 +191,18 @@ def synthesis_gemm(codes: jax.Array, dictionary: jax.Array, geom: Geometry) -> j
   compiled loop body several times slower than outside; GEMMs and slices
   keep their speed, which makes this the fast form for few input channels.
   """
-  kh, kw, c, _ = dictionary.shape
+  kh, kw, _, _ = dictionary.shape
+  (hc, wc), (sh, sw), (height, width) = geom.code_hw, geom.stride, geom.canvas_hw
   columns = jnp.einsum('nyxf,ijcf->nyxijc', codes, dictionary, precision=jax.lax.Precision.HIGHEST)
-  canvas = jnp.zeros((codes.shape[0], *geom.canvas_hw, c), codes.dtype)
+  # Tap (0, 0) placed by padding (so the canvas inherits the codes' sharding),
+  # the other taps added into their strided windows.
+  canvas = jax.lax.pad(columns[:, :, :, 0, 0, :], jnp.zeros((), codes.dtype), (
+      (0, 0, 0), (0, height - sh * (hc - 1) - 1, sh - 1), (0, width - sw * (wc - 1) - 1, sw - 1),
+      (0, 0, 0)))
   for i in range(kh):
     for j in range(kw):
-      canvas = canvas.at[_tap_window(geom, i, j)].add(columns[:, :, :, i, j, :])
+      if i or j:
+        canvas = canvas.at[_tap_window(geom, i, j)].add(columns[:, :, :, i, j, :])
   return canvas
 
 
