@@ -52,6 +52,17 @@ def _unit(images: np.ndarray) -> np.ndarray:
   return images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images
 
 
+def _fit_attack(phase, attack_step, state, batch_at, *, steps_per_epoch, epochs, mesh, rng, workdir,
+                writer):
+  """The attack's training loop: checkpoint and log once per epoch."""
+  return loop.fit(
+      phase=phase, step_fn=jit_step(attack_step, state, mesh), state=state, batch_at=batch_at,
+      position_at=lambda s: mi_data.Position(*divmod(s, steps_per_epoch))._asdict(),
+      total_steps=epochs * steps_per_epoch, rng=rng,
+      checkpoint_dir=os.path.join(workdir, 'checkpoints', phase),
+      checkpoint_every=steps_per_epoch, log_every=steps_per_epoch, writer=writer)
+
+
 def query_target(config, target_graphdef, target_state, images, *, leak: str, mesh, key):
   """One inference pass: the leaked features and the predicted labels.
 
@@ -113,13 +124,8 @@ def surrogate_attack(*, config, aux_features, aux_images, private_features, mesh
                                            position=mi_data.Position(*divmod(step, steps_per_epoch)))
     return mi_data.to_global_array({'features': features, 'image': _unit(images)}, mesh)
 
-  step_fn = jit_step(attack_step, state, mesh)
-  state = loop.fit(
-      phase='attack', step_fn=step_fn, state=state, batch_at=batch_at,
-      position_at=lambda s: {'epoch': s // steps_per_epoch, 'batch': s % steps_per_epoch},
-      total_steps=cfg.epochs * steps_per_epoch, rng=rng,
-      checkpoint_dir=os.path.join(workdir, 'checkpoints', 'attack'),
-      checkpoint_every=max(steps_per_epoch, 1), log_every=max(steps_per_epoch, 1), writer=writer)
+  state = _fit_attack('attack', attack_step, state, batch_at, steps_per_epoch=steps_per_epoch,
+                      epochs=cfg.epochs, mesh=mesh, rng=rng, workdir=workdir, writer=writer)
   reconstructions = apply_in_batches(decode_state(state), (private_features,), batch_size=cfg.batch_size, mesh=mesh)
   return AttackResult(reconstructions=reconstructions, untrained_reconstructions=untrained)
 
@@ -182,13 +188,8 @@ def legacy_surrogate_attack(*, config, target_graphdef, target_state, leak, aux_
   # Before the target drifts: the same random decoder on the trained target.
   untrained = reconstruct_all(target_state)
   state = jax.tree.map(jnp.copy, target_state)  # the step donates its input
-  step_fn = jit_step(attack_step, state, mesh)
-  state = loop.fit(
-      phase='attack_sg_legacy', step_fn=step_fn, state=state, batch_at=batch_at,
-      position_at=lambda s: {'epoch': s // steps_per_epoch, 'batch': s % steps_per_epoch},
-      total_steps=cfg.epochs * steps_per_epoch, rng=rng,
-      checkpoint_dir=os.path.join(workdir, 'checkpoints', 'attack_sg_legacy'),
-      checkpoint_every=max(steps_per_epoch, 1), log_every=max(steps_per_epoch, 1), writer=writer)
+  state = _fit_attack('attack_sg_legacy', attack_step, state, batch_at, steps_per_epoch=steps_per_epoch,
+                      epochs=cfg.epochs, mesh=mesh, rng=rng, workdir=workdir, writer=writer)
 
   normalized = reconstruct_all(state)
   to_unit = lambda z: np.clip(z * std + mean, 0.0, 1.0).astype(np.float32)
