@@ -15,8 +15,8 @@ input_unit_var defaults), random uniform images and random unit-norm atoms:
    (a) N=64, 28x28x1 -> F=64; (b) Sparse-Guard layer 1, N=32, 28x28x1 -> F=16;
    (c) Sparse-Guard layer 2, N=32, 28x28x16 -> F=28.
    Compile time (lower + compile) apart from run time; run time is the median
-   of ``--reps`` (>= 5) runs after one warm-up run. Both ``lateral='recon'``
-   and ``lateral='gram'`` are timed, and the table says which one
+   of ``--reps`` (>= 5) runs after one warm-up run. The ``lateral`` forms
+   ('recon', 'gram', 'gemm') are timed, and the table says which one
    ``lateral='auto'`` picks (by comparing jaxprs).
 2. grad: forward + backward of ``sum(codes * probe)`` w.r.t. the images and
    the dictionary through the solve, shape (a) at N=8: LCA with
@@ -204,7 +204,7 @@ def auto_lateral(x, d, lam, steps) -> str:
   import jax
   jaxpr = lambda lateral: str(jax.make_jaxpr(mijax_forward_fn(lam, steps, lateral=lateral))(x, d))
   auto = jaxpr('auto')
-  for lateral in ('recon', 'gram'):
+  for lateral in ('recon', 'gram', 'gemm'):
     if auto == jaxpr(lateral):
       return lateral
   return 'unknown'
@@ -498,7 +498,7 @@ def parse_args(argv=None):
                  help='comma list of forward,grad,fista')
   p.add_argument('--steps', type=int, default=None, help='LCA iterations (default 500)')
   p.add_argument('--reps', type=int, default=None, help='timed runs (default 5)')
-  p.add_argument('--laterals', default='recon,gram',
+  p.add_argument('--laterals', default='recon,gram,gemm',
                  help="mi_jax lateral modes to time in the forward section")
   p.add_argument('--lam', type=float, default=0.5)
   p.add_argument('--fista-reference-steps', type=int, default=None,
