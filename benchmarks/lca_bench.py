@@ -107,6 +107,25 @@ def timed_runs(fn, reps: int, warmup: int = 1) -> dict:
   return {'median_s': statistics.median(times), 'min_s': min(times), 'times_s': times}
 
 
+def interleaved_runs(cases: list[dict], reps: int, label: str) -> list[dict]:
+  """Times the cases round-robin (one warm-up each, then `reps` rounds).
+
+  Interleaving makes the speed ratios robust to load that comes and goes on
+  a shared machine. Returns each case's record with the timings added.
+  """
+  for case in cases:
+    case['run']()
+  times = [[] for _ in cases]
+  for rep in range(reps):
+    log(f'{label}: round {rep + 1}/{reps}')
+    for case, case_times in zip(cases, times):
+      start = time.perf_counter()
+      case['run']()
+      case_times.append(time.perf_counter() - start)
+  return [{**case['record'], 'median_s': statistics.median(t), 'min_s': min(t), 'times_s': t}
+          for case, t in zip(cases, times)]
+
+
 def load_average() -> list[float] | None:
   try:
     return [round(v, 2) for v in os.getloadavg()]
@@ -210,14 +229,15 @@ def auto_lateral(x, d, lam, steps) -> str:
   return 'unknown'
 
 
-def bench_mijax_forward(shape, lateral, args) -> dict:
+def mijax_forward_case(shape, lateral, args) -> dict:
+  """A timing case: its record (compile time, XLA memory) and its run()."""
   import jax
-  log(f'forward: mi_jax lateral={lateral} shape {shape}')
+  log(f'forward: compiling mi_jax lateral={lateral} shape {shape}')
   x, d = problem(shape)
   compiled, compile_s = compile_timed(mijax_forward_fn(args.lam, args.steps, lateral=lateral), x, d)
-  timing = timed_runs(lambda: jax.block_until_ready(compiled(x, d)), args.reps)
-  return {'shape': shape, 'impl': 'mi_jax', 'lateral': lateral, 'compile_s': compile_s,
-          'memory_analysis_bytes': memory_bytes(compiled), **timing}
+  record = {'shape': shape, 'impl': 'mi_jax', 'lateral': lateral, 'compile_s': compile_s,
+            'memory_analysis_bytes': memory_bytes(compiled)}
+  return {'record': record, 'run': lambda: jax.block_until_ready(compiled(x, d))}
 
 
 GRAD_CONFIGS = (('lca', 'unroll'), ('lca', 'checkpoint'), ('fista', 'implicit'))
@@ -238,16 +258,16 @@ def grad_inputs():
   return x, d, probe_like((n, h, w, f))
 
 
-def bench_mijax_grad(solver, grad, args) -> dict:
+def mijax_grad_case(solver, grad, args) -> dict:
   import jax
-  log(f'grad: mi_jax {solver}/{grad}')
+  log(f'grad: compiling mi_jax {solver}/{grad}')
   x, d, probe = grad_inputs()
   compiled, compile_s = compile_timed(mijax_grad_fn(solver, grad, args.lam, args.steps), x, d, probe)
-  timing = timed_runs(lambda: jax.block_until_ready(compiled(x, d, probe)), args.reps)
-  child = run_child({'impl': 'mi_jax', 'solver': solver, 'grad': grad, 'lam': args.lam,
-                     'steps': args.steps})
-  return {'impl': 'mi_jax', 'solver': solver, 'grad': grad, 'compile_s': compile_s,
-          'memory_analysis_bytes': memory_bytes(compiled), **timing, **child}
+  record = {'impl': 'mi_jax', 'solver': solver, 'grad': grad, 'compile_s': compile_s,
+            'memory_analysis_bytes': memory_bytes(compiled),
+            'child': {'impl': 'mi_jax', 'solver': solver, 'grad': grad, 'lam': args.lam,
+                      'steps': args.steps}}
+  return {'record': record, 'run': lambda: jax.block_until_ready(compiled(x, d, probe))}
 
 
 def child_mijax_grad(config) -> dict:
@@ -359,37 +379,36 @@ def lcapt_grad(lam, steps, result_dir):
   return run
 
 
-def bench_lcapt_forward(shape, args, mijax_codes) -> dict:
-  log(f'forward: lcapt shape {shape}')
-  with tempfile.TemporaryDirectory() as result_dir:
-    run = lcapt_forward(shape, args.lam, args.steps, result_dir)
-    codes = run()
-    diff = float(np.max(np.abs(codes - to_nchw(mijax_codes))))
-    print(f'  lcapt agreement, shape {shape}: max |lcapt - mi_jax| = {diff:.2e} '
-          f'(max |code| = {np.max(np.abs(codes)):.3f}, {args.steps} steps)', flush=True)
-    timing = timed_runs(run, args.reps, warmup=0)  # the agreement run was the warm-up
-  return {'shape': shape, 'impl': 'lcapt', 'lateral': 'gram (lcapt)', 'compile_s': None,
-          'max_abs_diff_vs_mijax': diff, **timing}
+def lcapt_forward_case(shape, args, mijax_codes, result_dir) -> dict:
+  """lcapt's timing case, after checking its codes against mi_jax's."""
+  log(f'forward: lcapt agreement check, shape {shape}')
+  run = lcapt_forward(shape, args.lam, args.steps, result_dir)
+  codes = run()
+  diff = float(np.max(np.abs(codes - to_nchw(mijax_codes))))
+  print(f'  lcapt agreement, shape {shape}: max |lcapt - mi_jax| = {diff:.2e} '
+        f'(max |code| = {np.max(np.abs(codes)):.3f}, {args.steps} steps)', flush=True)
+  record = {'shape': shape, 'impl': 'lcapt', 'lateral': 'gram (lcapt)', 'compile_s': None,
+            'max_abs_diff_vs_mijax': diff}
+  return {'record': record, 'run': run}
 
 
-def bench_lcapt_grad(args, mijax_grads) -> dict:
-  log('grad: lcapt autograd')
-  with tempfile.TemporaryDirectory() as result_dir:
-    run = lcapt_grad(args.lam, args.steps, result_dir)
-    gx, gd = run()
-    diffs = {}
-    for name, ours, theirs in (('x', mijax_grads[0], gx), ('dictionary', mijax_grads[1], gd)):
-      scale = float(np.max(np.abs(theirs)))
-      diffs[f'grad_{name}_max_abs_diff'] = float(np.max(np.abs(np.asarray(ours) - theirs)))
-      diffs[f'grad_{name}_max_abs'] = scale
-    print(f"  lcapt gradient agreement (LCA unroll): d/dx max diff "
-          f"{diffs['grad_x_max_abs_diff']:.2e} (max {diffs['grad_x_max_abs']:.2e}), d/dD max diff "
-          f"{diffs['grad_dictionary_max_abs_diff']:.2e} (max {diffs['grad_dictionary_max_abs']:.2e})",
-          flush=True)
-    timing = timed_runs(run, args.reps, warmup=0)
-  child = run_child({'impl': 'lcapt', 'lam': args.lam, 'steps': args.steps})
-  return {'impl': 'lcapt', 'solver': 'lca', 'grad': 'torch autograd', 'compile_s': None,
-          'memory_analysis_bytes': None, **diffs, **timing, **child}
+def lcapt_grad_case(args, mijax_grads, result_dir) -> dict:
+  """lcapt's autograd timing case, after checking its gradients against mi_jax's."""
+  log('grad: lcapt agreement check')
+  run = lcapt_grad(args.lam, args.steps, result_dir)
+  gx, gd = run()
+  diffs = {}
+  for name, ours, theirs in (('x', mijax_grads[0], gx), ('dictionary', mijax_grads[1], gd)):
+    diffs[f'grad_{name}_max_abs_diff'] = float(np.max(np.abs(np.asarray(ours) - theirs)))
+    diffs[f'grad_{name}_max_abs'] = float(np.max(np.abs(theirs)))
+  print(f"  lcapt gradient agreement (vs mi_jax LCA unroll): d/dx max diff "
+        f"{diffs['grad_x_max_abs_diff']:.2e} (max |d/dx| {diffs['grad_x_max_abs']:.2e}), "
+        f"d/dD max diff {diffs['grad_dictionary_max_abs_diff']:.2e} "
+        f"(max |d/dD| {diffs['grad_dictionary_max_abs']:.2e})", flush=True)
+  record = {'impl': 'lcapt', 'solver': 'lca', 'grad': 'torch autograd', 'compile_s': None,
+            'memory_analysis_bytes': None, **diffs,
+            'child': {'impl': 'lcapt', 'lam': args.lam, 'steps': args.steps}}
+  return {'record': record, 'run': run}
 
 
 def child_lcapt_grad(config) -> dict:
@@ -401,61 +420,77 @@ def child_lcapt_grad(config) -> dict:
 # ------------------------------------------------------------------ sections
 
 
+def speedup(reference, record, key):
+  return None if reference is None else reference[key] / record[key]
+
+
 def section_forward(args, have_lcapt) -> list[dict]:
   rows, results = [], []
   for shape in args.shapes:
     x, d = problem(shape)
     auto = auto_lateral(x, d, args.lam, args.steps)
-    shape_results = [bench_mijax_forward(shape, lateral, args) for lateral in args.laterals]
+    cases = [mijax_forward_case(shape, lateral, args) for lateral in args.laterals]
+    with tempfile.TemporaryDirectory() as result_dir:
+      if have_lcapt:
+        codes = np.asarray(mijax_forward_fn(args.lam, args.steps, lateral=auto)(x, d))
+        cases.append(lcapt_forward_case(shape, args, codes, result_dir))
+      shape_results = interleaved_runs(cases, args.reps, f'forward {shape}')
+    lcapt = next((r for r in shape_results if r['impl'] == 'lcapt'), None)
     for r in shape_results:
       r['auto_picks'] = auto
-    if have_lcapt:
-      codes = np.asarray(mijax_forward_fn(args.lam, args.steps, lateral=auto)(x, d))
-      shape_results.append(bench_lcapt_forward(shape, args, codes))
-    lcapt_s = next((r['median_s'] for r in shape_results if r['impl'] == 'lcapt'), None)
-    for r in shape_results:
-      r['speedup_vs_lcapt'] = None if lcapt_s is None else lcapt_s / r['median_s']
+      r['speedup_vs_lcapt'] = speedup(lcapt, r, 'median_s')
+      r['speedup_vs_lcapt_min'] = speedup(lcapt, r, 'min_s')
       mark = ' (auto)' if r['lateral'] == auto else ''
       rows.append([shape, r['impl'], r['lateral'] + mark, fmt(r['compile_s'], '.2f'),
                    fmt(r['median_s']), fmt(r['min_s']),
                    fmt(1e3 * r['median_s'] / args.steps, '.2f'),
-                   fmt(r['speedup_vs_lcapt'], '.2f')])
+                   fmt(r['speedup_vs_lcapt'], '.2f'), fmt(r['speedup_vs_lcapt_min'], '.2f')])
     results += shape_results
-  print_table(f'1. Forward, {args.steps} LCA steps, float32 (median of {args.reps} runs after '
-              'a warm-up; compile separate)',
+  print_table(f'1. Forward, {args.steps} LCA steps, float32 (median of {args.reps} interleaved '
+              'runs after a warm-up; compile separate)',
               ['shape', 'impl', 'lateral', 'compile s', 'median s', 'min s', 'ms/step',
-               'speedup vs lcapt'], rows)
+               'speedup (median)', 'speedup (min)'], rows)
   for shape in args.shapes:
     print(f'   {shape}: {SHAPE_NOTES[shape]}')
+  print('   speedup = lcapt time / this time; (min) uses the fastest run of each, which is '
+        'less sensitive to other load on the machine.')
   return results
 
 
 def section_grad(args, have_lcapt) -> list[dict]:
   import jax
-  results = [bench_mijax_grad(solver, grad, args) for solver, grad in GRAD_CONFIGS]
-  if have_lcapt:
-    x, d, probe = grad_inputs()
-    ours = jax.jit(mijax_grad_fn('lca', 'unroll', args.lam, args.steps))(x, d, probe)
-    results.append(bench_lcapt_grad(args, ours))
+  cases = [mijax_grad_case(solver, grad, args) for solver, grad in GRAD_CONFIGS]
+  with tempfile.TemporaryDirectory() as result_dir:
+    if have_lcapt:
+      x, d, probe = grad_inputs()
+      ours = jax.jit(mijax_grad_fn('lca', 'unroll', args.lam, args.steps))(x, d, probe)
+      cases.append(lcapt_grad_case(args, ours, result_dir))
+    results = interleaved_runs(cases, args.reps, 'grad')
+  for r in results:  # peak RSS, one fresh subprocess per configuration
+    log(f"grad: peak RSS subprocess for {r['impl']} {r['grad']}")
+    r.update(run_child(r.pop('child')))
   lcapt = next((r for r in results if r['impl'] == 'lcapt'), None)
   rows = []
   for r in results:
     mem = r['memory_analysis_bytes']
     rss = r.get('peak_rss_delta_mib')
-    r['speedup_vs_lcapt'] = lcapt['median_s'] / r['median_s'] if lcapt else None
+    r['speedup_vs_lcapt'] = speedup(lcapt, r, 'median_s')
+    r['speedup_vs_lcapt_min'] = speedup(lcapt, r, 'min_s')
     r['rss_ratio_lcapt_over_this'] = (
         lcapt['peak_rss_delta_mib'] / rss if lcapt and rss and lcapt.get('peak_rss_delta_mib')
         else None)
     rows.append([r['impl'], r['solver'], r['grad'], fmt(r['compile_s'], '.2f'),
                  fmt(r['median_s']), fmt(r['min_s']),
                  fmt(None if mem is None else mem / 2**20, '.1f'), fmt(rss, '.1f'),
-                 fmt(r['speedup_vs_lcapt'], '.2f'), fmt(r['rss_ratio_lcapt_over_this'], '.1f')])
+                 fmt(r['speedup_vs_lcapt'], '.2f'), fmt(r['speedup_vs_lcapt_min'], '.2f'),
+                 fmt(r['rss_ratio_lcapt_over_this'], '.1f')])
   print_table(f'2. Forward + backward through {args.steps} steps, shape (a) at N={GRAD_BATCH}, '
               'd/d(images, dictionary) of sum(codes * probe)',
-              ['impl', 'solver', 'grad', 'compile s', 'median s', 'min s',
-               'XLA mem MiB', 'peak RSS +MiB', 'speedup vs lcapt', 'lcapt RSS / this'], rows)
+              ['impl', 'solver', 'grad', 'compile s', 'median s', 'min s', 'XLA mem MiB',
+               'peak RSS +MiB', 'speedup (median)', 'speedup (min)', 'lcapt RSS / this'], rows)
   print('   XLA mem = memory_analysis() argument + output + temp bytes of the compiled program; '
         'peak RSS = VmHWM - VmRSS around one run in a fresh subprocess.')
+  print("   lateral='auto' inside the solves; FISTA runs the same number of iterations as LCA.")
   return results
 
 
