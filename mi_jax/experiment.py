@@ -27,10 +27,9 @@ from mi_jax import defenses
 from mi_jax.attacks.surrogate import legacy_surrogate_attack, query_target, surrogate_attack
 from mi_jax.metrics.image_quality import mean_psnr_ssim
 from mi_jax.metrics.legacy import SG_EVAL_SETTINGS, legacy_sg_scores
-from mi_jax.train import loop
+from mi_jax.train.classifier import train_classifier
 from mi_jax.train.inference import apply_in_batches
-from mi_jax.train.state import init_train_state, make_optimizer, merge_model, replicated
-from mi_jax.train.step import jit_step, make_classifier_step
+from mi_jax.train.state import make_optimizer, merge_model
 from mi_jax.utils import results as results_io
 from mi_jax.utils.figures import reconstruction_grid
 from mi_jax.utils.metric_writer import MetricWriter
@@ -111,28 +110,11 @@ def train_target(config, split, *, mesh, workdir, writer):
   """Trains the defended target on the private set; returns (graphdef, state)."""
   image_shape = tuple(split.private_images.shape[1:])
   model = defenses.build_target(config, image_shape, 10, rngs=nnx.Rngs(config.seed))
-  tx = make_optimizer(config.train)
-  graphdef, state = init_train_state(model, tx)
-  state = jax.device_put(state, replicated(mesh, state))
-  n, batch_size = len(split.private_images), config.train.batch_size
-  steps_per_epoch = mi_data.steps_per_epoch(n, batch_size)
-  arrays = (split.private_images, split.private_labels)
-
-  def position_at(step):
-    return mi_data.Position(*divmod(step, steps_per_epoch))
-
-  def batch_at(step):
-    images, labels = mi_data.local_batch(arrays, batch_size, seed=config.seed, position=position_at(step))
-    return mi_data.to_global_array({'image': images, 'label': labels}, mesh)
-
-  state = loop.fit(
-      phase='target', step_fn=jit_step(make_classifier_step(graphdef, tx), state, mesh),
-      state=state, batch_at=batch_at, position_at=lambda s: position_at(s)._asdict(),
-      total_steps=config.train.epochs * steps_per_epoch, rng=jax.random.key(config.seed),
-      checkpoint_dir=os.path.join(workdir, 'checkpoints', 'target'),
-      checkpoint_every=config.train.checkpoint_every_steps,
-      log_every=config.train.log_every_steps, writer=writer)
-  return graphdef, state
+  return train_classifier(
+      model=model, tx=make_optimizer(config.train), images=split.private_images,
+      labels=split.private_labels, batch_size=config.train.batch_size, epochs=config.train.epochs,
+      seed=config.seed, mesh=mesh, workdir=workdir, writer=writer, phase='target',
+      checkpoint_every=config.train.checkpoint_every_steps, log_every=config.train.log_every_steps)
 
 
 def accuracy(graphdef, state, images, labels, *, batch_size, mesh) -> float:

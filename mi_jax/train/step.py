@@ -16,22 +16,34 @@ from mi_jax.models.sparse_coding import HebbianBatch, apply_dictionary_updates
 from mi_jax.train.state import merge_model, split_model
 
 
-def make_classifier_step(graphdef, tx: optax.GradientTransformation):
-  """Cross-entropy training of a target network, then its dictionary updates."""
+def make_classifier_step(graphdef, tx: optax.GradientTransformation, *, extra_loss=None):
+  """Cross-entropy training of a target network, then its dictionary updates.
+
+  ``extra_loss(activations, batch, key) -> (scalar, measurements)`` adds a
+  defense's regulariser (NoPeek, MID, BiDO) to the cross-entropy; it sees
+  every named activation of ``model.activations(..., train=True)``.
+  """
 
   def train_step(state, batch, rng):
     key = jax.random.fold_in(rng, state['step'])
+    loss_key, extra_key = jax.random.split(key)
 
     def loss_fn(params):
       model = merge_model(graphdef, params, state['model_state'])
-      forward = nnx.capture(lambda m, images: m(images, train=True, key=key), HebbianBatch)
-      logits, hebbian = forward(model, batch['image'])
+      forward = nnx.capture(lambda m, images: m.activations(images, train=True, key=loss_key), HebbianBatch)
+      activations, hebbian = forward(model, batch['image'])
+      logits = activations['logits']
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+      extra = {}
+      if extra_loss is not None:
+        term, extra = extra_loss(activations, batch, extra_key)
+        extra = {'cross_entropy': loss, **extra}
+        loss = loss + term
       hebbian = nnx.to_pure_dict(hebbian)
       _, _, model_state = split_model(model)
-      return loss, (logits, model_state, hebbian)
+      return loss, (logits, model_state, hebbian, extra)
 
-    (loss, (logits, model_state, hebbian)), grads = jax.value_and_grad(
+    (loss, (logits, model_state, hebbian, extra)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
@@ -42,6 +54,7 @@ def make_classifier_step(graphdef, tx: optax.GradientTransformation):
         'loss': loss,
         'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
         'grad_norm': optax.tree.norm(grads),
+        **extra,
     }
     new_state = {'step': state['step'] + 1, 'params': params,
                  'model_state': model_state, 'opt_state': opt_state}
