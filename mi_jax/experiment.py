@@ -31,9 +31,9 @@ from mi_jax.train.classifier import train_classifier
 from mi_jax.train.inference import apply_in_batches
 from mi_jax.train.state import make_optimizer, merge_model
 from mi_jax.utils import results as results_io
-from mi_jax.utils.figures import reconstruction_grid
+from mi_jax.utils.figures import reconstruction_grid, tradeoff_figure
 from mi_jax.utils.metric_writer import MetricWriter
-from mi_jax.utils.sweep import expand
+from mi_jax.utils import sweep
 
 OPTIMIZERS = ('sgd', 'adam')
 THRESHOLDS = ('soft', 'hard')
@@ -95,11 +95,11 @@ def validate_config(config, *, num_devices: int) -> None:
       bad = [v for v in values if v not in allowed]
       _check(values and not bad, f"{name} must be a non-empty tuple of {allowed}, got {tuple(values)!r}")
     for defense in config.sweep.defenses:
-      if defenses.uses_lambda(defense):
-        key = defense.replace('-', '_')
-        lams = config.sweep.lams.get(key)
-        _check(lams is not None and len(lams) > 0 and all(lam >= 0 for lam in lams),
-               f"sweep.lams.{key} must be a non-empty tuple of λ >= 0, got {lams!r}")
+      key = defense.replace('-', '_')
+      if sweep.has_knob(defense) and key in config.sweep.lams:
+        lams = config.sweep.lams[key]
+        _check(len(lams) > 0 and all(lam >= 0 for lam in lams),
+               f"sweep.lams.{key} must be a non-empty tuple of values >= 0, got {lams!r}")
 
 
 def _to_json(config) -> dict:
@@ -158,10 +158,10 @@ def run_point(config, split, *, mesh, workdir) -> tuple[dict, dict]:
   originals = split.private_images.astype(np.float32) / 255.0
   quality = mean_psnr_ssim(originals, attack.reconstructions)
   baseline = mean_psnr_ssim(originals, attack.untrained_reconstructions)
-  lam = config.defense.lam if defenses.uses_lambda(config.defense.name) else None
+  lam = sweep.get_knob(config, config.defense.name)
   row = {
       'dataset': config.dataset, 'setting': config.setting, 'defense': config.defense.name,
-      'lam': lam, 'protocol': config.protocol, 'seed': config.seed,
+      'lam': lam, 'knob': sweep.knob_symbol(config.defense.name), 'protocol': config.protocol, 'seed': config.seed,
       'accuracy': test_accuracy, 'psnr': quality.psnr, 'ssim': quality.ssim,
       'psnr_untrained_decoder': baseline.psnr, 'ssim_untrained_decoder': baseline.ssim,
       'leak': leak, 'n_private': len(originals), 'n_heldout': len(split.heldout_images),
@@ -191,7 +191,7 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
   mesh = mesh if mesh is not None else mi_data.make_data_mesh()
   num_devices = mesh.devices.size
   validate_config(config, num_devices=num_devices)
-  points = expand(config, defenses.uses_lambda)
+  points = sweep.expand(config)
   for _, point in points:
     validate_config(point, num_devices=num_devices)
   results_path = os.path.join(workdir, 'results.json')
@@ -257,10 +257,15 @@ def _write_outputs(rows, figures, workdir) -> None:
   written = []
   for (setting, protocol), members in sorted(groups.items()):
     originals = members[0][1]['originals']
-    by_defense = {results_io.defense_label(row['defense'], row['lam']): figure['reconstructions']
+    by_defense = {results_io.defense_label(row['defense'], row['lam'], row.get('knob', 'λ')): figure['reconstructions']
                   for row, figure in members}
     path = os.path.join(workdir, f"reconstructions_{setting}_{protocol}.png")
     written.append(reconstruction_grid(originals, by_defense, path, overwrite=True))
+  for protocol in sorted({row['protocol'] for row in rows}):
+    chosen = [row for row in rows if row['protocol'] == protocol]
+    if len({(row['defense'], row['lam']) for row in chosen}) > 1:
+      written.append(tradeoff_figure(chosen, os.path.join(workdir, f"tradeoff_{protocol}.png"),
+                                     overwrite=True))
   results_io.write_json_atomic(os.path.join(workdir, 'results.json'), rows)
   print(f"results table: {os.path.join(workdir, 'results.md')}")
   for path in written:

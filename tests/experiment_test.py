@@ -37,6 +37,7 @@ def test_tiny_sweep_writes_table_rows_and_figure(tmp_path, synthetic_split):
   table = (tmp_path / 'results.md').read_text()
   assert 'sparse-guard (λ=0.25)' in table and 'no-defense' in table
   assert (tmp_path / 'reconstructions_split_corrected.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert (tmp_path / 'tradeoff_corrected.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   # A finished workdir is never overwritten.
   with pytest.raises(FileExistsError, match='results.json exists'):
     experiment.run(config, str(tmp_path), mesh=mesh_of(8))

@@ -161,3 +161,56 @@ def reconstruction_grid(
       originals, reconstructions_by_defense, cell_px=cell_px, label_px=label_px,
       gap_px=gap_px, dpi=dpi, original_label=original_label)
   return write_bytes_atomic(path, png, overwrite=overwrite)
+
+
+def tradeoff_series(rows, *, setting: str, metric: str = 'psnr') -> dict[str, list[tuple[float, float]]]:
+  """defense → [(accuracy %, attack metric)] for one setting, sorted by the knob value.
+
+  No-defense is its own one-point series. Several seeds of one point are
+  averaged.
+  """
+  points: dict[tuple[str, object], list] = {}
+  for row in rows:
+    if row['setting'] == setting:
+      points.setdefault((row['defense'], row['lam']), []).append(row)
+  series: dict[str, list] = {}
+  for (defense, lam), members in sorted(points.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0.0)):
+    acc = 100.0 * float(np.mean([m['accuracy'] for m in members]))
+    value = float(np.mean([m[metric] for m in members]))
+    series.setdefault(defense, []).append((acc, value))
+  return series
+
+
+def tradeoff_figure(rows, path: PathLike, *, metric: str = 'psnr', overwrite: bool = False,
+                    dpi: int = 100) -> Path:
+  """TL-style trade-off plot: the attack metric against natural accuracy.
+
+  One panel per setting present; one line per defense through its knob
+  values (λ, noise scale, …), no-defense as a star. Lower PSNR/SSIM at
+  higher accuracy (the bottom right) is the better defense.
+  """
+  path = Path(path)
+  if path.exists() and not overwrite:
+    raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+  settings = [s for s in ('end_to_end', 'split') if any(r['setting'] == s for r in rows)]
+  if not settings:
+    raise ValueError("tradeoff_figure needs at least one row with a setting, got none")
+  fig = Figure(figsize=(5.5 * len(settings), 4.5))
+  FigureCanvasAgg(fig)
+  for index, setting in enumerate(settings):
+    ax = fig.add_subplot(1, len(settings), index + 1)
+    for defense, points in tradeoff_series(rows, setting=setting, metric=metric).items():
+      xs, ys = zip(*points)
+      if defense == 'no-defense':
+        ax.plot(xs, ys, '*', markersize=14, color='black', label=defense)
+      else:
+        ax.plot(xs, ys, 'o-', label=defense)
+    ax.set_xlabel('natural accuracy (%)')
+    ax.set_ylabel(f"attack {metric.upper()} (lower = better defense)")
+    ax.set_title(setting.replace('_', '-'))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format='png', dpi=dpi, facecolor='white')
+  return write_bytes_atomic(path, buffer.getvalue(), overwrite=overwrite)

@@ -8,8 +8,11 @@ A result row is one (dataset, setting, defense, λ, protocol, seed) run:
      'psnr': 11.42, 'ssim': 0.213,  # mean over the reconstructed private images
      'config_hash': '3f2a9c0d1b7e', 'code_version': '0e85fbf…+dirty'}
 
-Any further keys (fid, knn_distance, n_images, …) are kept. accuracy is a
-fraction; the table shows percent.
+``lam`` is the value of the defense's swept hyperparameter (its knob: λ
+for the sparse-coding defenses, the noise scale b or σ, a regulariser weight
+…) and ``knob`` its symbol (default 'λ'); None for defenses without one.
+Any further keys (fid, knn_distance, dp_epsilon, theta_c, …) are kept.
+accuracy is a fraction; the table shows percent.
 """
 
 from __future__ import annotations
@@ -288,9 +291,9 @@ METRIC_COLUMNS = (  # (row key, header, decimals, scale)
 )
 
 
-def defense_label(defense: str, lam) -> str:
-  """'sparse-guard (λ=0.25)', or the bare name when λ is None."""
-  return defense if lam is None else f"{defense} (λ={lam:g})"
+def defense_label(defense: str, lam, knob: str = 'λ') -> str:
+  """'sparse-guard (λ=0.25)', 'laplace-noise (b=0.5)', or the bare name when the value is None."""
+  return defense if lam is None else f"{defense} ({knob}={lam:g})"
 
 
 def _format_number(value: float, decimals: int) -> str:
@@ -334,7 +337,8 @@ def _table(dataset: str, protocol: str, rows: list[dict]) -> str:
       '| ' + ' | '.join([':---'] + ['---:'] * (len(header) - 1)) + ' |',
   ]
   for defense, lam in order:
-    row_cells = [defense_label(defense, lam).replace('|', r'\|')]
+    knob = cells[next(k for k in cells if k[:2] == (defense, lam))][0].get('knob', 'λ')
+    row_cells = [defense_label(defense, lam, knob).replace('|', r'\|')]
     for s in settings:
       group = cells.get((defense, lam, s), [])
       for key, _, decimals, scale in METRIC_COLUMNS:
@@ -359,5 +363,80 @@ def results_markdown(rows: Iterable[Mapping[str, Any]]) -> str:
   groups = collections.OrderedDict()
   for r in checked:
     groups.setdefault((r['dataset'], r['protocol']), []).append(r)
-  tables = [_table(dataset, protocol, g) for (dataset, protocol), g in groups.items()]
+  tables = []
+  for (dataset, protocol), group in groups.items():
+    tables.append(_table(dataset, protocol, group))
+    tradeoff = _tradeoff_table(group)
+    if tradeoff:
+      tables.append(tradeoff)
   return '\n\n'.join(tables) + '\n'
+
+
+# --------------------------------------------------------------------------- trade-off
+
+# Extra row keys shown in the trade-off table's notes, with their labels.
+NOTE_KEYS = (  # (row key, label, format)
+    ('dp_epsilon', 'ε', '{:.2f}'),
+    ('dp_delta', 'δ', '{:.0e}'),
+    ('theta_c', '|θ_C|', '{:,}'),
+    ('theta_t', '|θ_T|', '{:,}'),
+)
+
+
+def _mean(values):
+  finite = [v for v in values if _is_number(v) and math.isfinite(v)]
+  return statistics.fmean(finite) if finite else math.nan
+
+
+def tradeoff_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+  """Each defense's change against no-defense in the same (dataset, protocol, setting).
+
+  ΔAcc = Acc − Acc₀ (percentage points) and ΔPSNR = PSNR − PSNR₀ (dB), ΔSSIM
+  likewise, over seed means; TL's summary ratio is reported as
+  ΔPSNR / ΔAcc: the dB of reconstruction quality removed per point of
+  accuracy lost (both negative for a defense that costs accuracy and hurts
+  the attack, so larger is better; undefined when ΔAcc = 0). Rows whose
+  group has no no-defense row are skipped.
+  """
+  groups = collections.defaultdict(list)
+  for r in rows:
+    groups[(r['dataset'], r['protocol'], r['setting'], r['defense'], r['lam'])].append(r)
+  out = []
+  for (dataset, protocol, setting, defense, lam), members in groups.items():
+    baseline = groups.get((dataset, protocol, setting, 'no-defense', None))
+    if defense == 'no-defense' or not baseline:
+      continue
+    delta = {key: _mean([m[key] for m in members]) - _mean([b[key] for b in baseline])
+             for key in ('accuracy', 'psnr', 'ssim')}
+    d_acc = 100.0 * delta['accuracy']
+    entry = {'dataset': dataset, 'protocol': protocol, 'setting': setting, 'defense': defense,
+             'lam': lam, 'knob': members[0].get('knob', 'λ'), 'delta_accuracy_pp': d_acc,
+             'delta_psnr': delta['psnr'], 'delta_ssim': delta['ssim'],
+             'psnr_per_accuracy': delta['psnr'] / d_acc if d_acc != 0 else math.nan}
+    for key, _, _ in NOTE_KEYS:
+      values = [m[key] for m in members if _is_number(m.get(key))]
+      if values:
+        entry[key] = values[0] if isinstance(values[0], int) else _mean(values)
+    out.append(entry)
+  return out
+
+
+def _tradeoff_table(rows: list[dict]) -> str:
+  entries = tradeoff_rows(rows)
+  if not entries:
+    return ''
+  lines = [
+      'Trade-off against no-defense (same setting; ΔAcc in points, ΔPSNR in dB; '
+      'ΔPSNR/ΔAcc = dB removed per accuracy point lost, larger is better):',
+      '',
+      '| Defense | Setting | ΔAcc (pp) | ΔPSNR (dB) | ΔSSIM | ΔPSNR/ΔAcc | Notes |',
+      '| :--- | :--- | ---: | ---: | ---: | ---: | :--- |',
+  ]
+  for e in entries:
+    notes = ', '.join(f"{label}={fmt.format(e[key])}" for key, label, fmt in NOTE_KEYS if key in e)
+    lines.append('| ' + ' | '.join([
+        defense_label(e['defense'], e['lam'], e['knob']).replace('|', r'\|'),
+        SETTING_TITLES[e['setting']],
+        _format_number(e['delta_accuracy_pp'], 2), _format_number(e['delta_psnr'], 2),
+        _format_number(e['delta_ssim'], 3), _format_number(e['psnr_per_accuracy'], 3), notes]) + ' |')
+  return '\n'.join(lines)

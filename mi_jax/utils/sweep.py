@@ -1,42 +1,87 @@
-"""Expand ``config.sweep`` into one config per (defense, λ, setting, protocol).
+"""Expand ``config.sweep`` into one config per (defense, knob value, setting, protocol).
 
-λ is swept only for defenses that have one, over ``sweep.lams[<defense with
-'_' for '-'>]``; the others get ``lam=None`` in their results rows (their
-config keeps the default, which they ignore).
+Each defense may have one swept hyperparameter, its *knob* (:data:`KNOBS`):
+λ for the sparse-coding defenses, the noise scale for the noise defenses,
+the regulariser weight for NoPeek and MID, the noise multiplier for DP-SGD,
+the number of frozen layers for transfer learning. Its values come from
+``sweep.lams[<defense with '_' for '-'>]`` (the key name is historical: the
+first knob was λ); results rows store the value under ``'lam'`` and the
+knob's symbol under ``'knob'``. Defenses without a knob get ``lam=None``.
 """
 
 from __future__ import annotations
 
 import itertools
 
+# defense → (config field under config.defense, symbol shown in tables).
+KNOBS = {
+    'sparse-standard': ('lam', 'λ'),
+    'sparse-guard': ('lam', 'λ'),
+    'gaussian-noise': ('gaussian_noise.sigma', 'σ'),
+    'laplace-noise': ('laplace_noise.scale', 'b'),
+    'nopeek': ('nopeek.weight', 'w'),
+    'mid': ('mid.beta', 'β'),
+    'dp-sgd': ('dp_sgd.noise_multiplier', 'z'),
+    'transfer-learning': ('transfer.freeze_depth', 'frozen'),
+}
+
+
+def has_knob(defense: str) -> bool:
+  return defense in KNOBS
+
+
+def knob_symbol(defense: str) -> str:
+  return KNOBS[defense][1] if defense in KNOBS else 'λ'
+
+
+def get_knob(config, defense: str):
+  """The knob's current value in ``config`` (None for defenses without one)."""
+  if defense not in KNOBS:
+    return None
+  node = config.defense
+  for part in KNOBS[defense][0].split('.'):
+    node = node[part]
+  return node
+
+
+def _set_knob(config, defense: str, value) -> None:
+  *parents, leaf = KNOBS[defense][0].split('.')
+  node = config.defense
+  for part in parents:
+    node = node[part]
+  node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], (int, float)) else value
+
 
 def point_name(defense: str, lam, setting: str, protocol: str) -> str:
-  lam_part = '' if lam is None else f"_lam{lam:g}"
+  lam_part = '' if lam is None else f"_{KNOBS[defense][0].split('.')[-1]}{lam:g}"
   return f"{defense}{lam_part}_{setting}_{protocol}"
 
 
 def sweep_lams(config, defense: str) -> tuple:
-  """The λ values swept for ``defense`` (its key in ``sweep.lams``)."""
+  """The knob values swept for ``defense`` (its key in ``sweep.lams``)."""
   key = defense.replace('-', '_')
   if key not in config.sweep.lams:
     raise ValueError(f"sweep.lams has no entry {key!r} for defense {defense!r}")
   return tuple(config.sweep.lams[key])
 
 
-def expand(config, uses_lambda) -> list[tuple[str, object]]:
+def expand(config) -> list[tuple[str, object]]:
   """[(point_name, config)] in a stable order; a single point when disabled."""
   if not config.sweep.enabled:
-    lam = config.defense.lam if uses_lambda(config.defense.name) else None
-    return [(point_name(config.defense.name, lam, config.setting, config.protocol), config)]
+    name = config.defense.name
+    return [(point_name(name, get_knob(config, name), config.setting, config.protocol), config)]
   points = []
   for protocol, setting, defense in itertools.product(
       config.sweep.protocols, config.sweep.settings, config.sweep.defenses):
-    for lam in (sweep_lams(config, defense) if uses_lambda(defense) else (None,)):
+    key = defense.replace('-', '_')
+    values = sweep_lams(config, defense) if has_knob(defense) and key in config.sweep.lams else (
+        (get_knob(config, defense),))
+    for value in values:
       point = config.copy_and_resolve_references()
       with point.unlocked():
         point.protocol, point.setting, point.defense.name = protocol, setting, defense
-        if lam is not None:
-          point.defense.lam = lam
+        if value is not None:
+          _set_knob(point, defense, value)
         point.sweep.enabled = False
-      points.append((point_name(defense, lam, setting, protocol), point.lock()))
+      points.append((point_name(defense, value, setting, protocol), point.lock()))
   return points

@@ -83,3 +83,28 @@ def test_bad_input_raises_one_line_value_error(tmp_path, originals, recons, patt
     figures.reconstruction_grid(originals, recons, tmp_path / 'bad.png')
   assert '\n' not in str(error.value)
   assert os.listdir(tmp_path) == []
+
+
+def _trow(defense, lam, setting, accuracy, psnr):
+  return {'defense': defense, 'lam': lam, 'setting': setting, 'accuracy': accuracy, 'psnr': psnr}
+
+
+def test_tradeoff_series_sorts_by_knob_and_averages_seeds():
+  rows = [_trow('no-defense', None, 'split', 0.9, 20.0),
+          _trow('sparse-guard', 0.5, 'split', 0.6, 14.0),
+          _trow('sparse-guard', 0.1, 'split', 0.8, 17.0),
+          _trow('sparse-guard', 0.1, 'split', 0.7, 15.0),
+          _trow('sparse-guard', 0.1, 'end_to_end', 0.1, 1.0)]
+  series = figures.tradeoff_series(rows, setting='split')
+  assert series['no-defense'] == [(90.0, 20.0)]
+  assert series['sparse-guard'] == [(pytest.approx(75.0), 16.0), (60.0, 14.0)]
+
+
+def test_tradeoff_figure_writes_a_png_once(tmp_path):
+  rows = [_trow('no-defense', None, 'split', 0.9, 20.0), _trow('mid', 0.01, 'split', 0.8, 15.0),
+          _trow('no-defense', None, 'end_to_end', 0.9, 18.0)]
+  path = figures.tradeoff_figure(rows, tmp_path / 'tradeoff.png')
+  assert path.read_bytes()[:8] == PNG_SIGNATURE
+  assert mpimg.imread(path).shape[1] > mpimg.imread(path).shape[0]  # two panels side by side
+  with pytest.raises(FileExistsError):
+    figures.tradeoff_figure(rows, path)
