@@ -31,6 +31,8 @@ to switch dataset (e.g. ``small,fashion_mnist``).
 
 from ml_collections import config_dict
 
+from mi_jax import defenses
+
 # Per-dataset pixel statistics of the training split (torchvision's
 # Normalize values the SG code uses).
 NORMALIZATION = {
@@ -75,7 +77,7 @@ def get_config(arg: str = 'small'):
   c.model.hidden_layers = config_dict.ConfigDict({'end_to_end': 4, 'split': 2})
 
   c.defense = config_dict.ConfigDict()
-  c.defense.name = 'sparse-guard'  # 'no-defense' | 'sparse-standard' | 'sparse-guard'
+  c.defense.name = 'sparse-guard'  # any of mi_jax.defenses.DEFENSES
   c.defense.lam = 0.5  # SG Table 5 default; swept over {0.1, 0.25, 0.5, 0.75}
   c.defense.features = (16, 28)  # SG code, MNIST: 16 then 28 atoms
   c.defense.kernel_size = 5
@@ -99,6 +101,11 @@ def get_config(arg: str = 'small'):
   # Backprop through 500 LCA steps: √T checkpointing keeps memory O(√T).
   c.defense.grad = 'checkpoint'
   c.defense.lateral = 'auto'
+  # Every other defense's hyperparameters, one block each
+  # (config.defense.gaussian_noise, .laplace_noise, .nopeek, .mid, .bido, …),
+  # with the papers' values and the reasons in their modules.
+  for key, block in defenses.config_blocks().items():
+    c.defense[key] = block
 
   c.train = config_dict.ConfigDict()
   # The SG code: SGD(lr=1e-3, momentum=0.9, weight_decay=1e-3), batch 32,

@@ -30,6 +30,7 @@ from mi_jax.metrics.legacy import SG_EVAL_SETTINGS, legacy_sg_scores
 from mi_jax.train.classifier import train_classifier
 from mi_jax.train.inference import apply_in_batches
 from mi_jax.train.state import make_optimizer, merge_model
+from mi_jax.train.step import make_classifier_step
 from mi_jax.utils import results as results_io
 from mi_jax.utils.figures import reconstruction_grid, tradeoff_figure
 from mi_jax.utils.metric_writer import MetricWriter
@@ -39,7 +40,8 @@ OPTIMIZERS = ('sgd', 'adam')
 THRESHOLDS = ('soft', 'hard')
 DICTIONARY_UPDATES = ('frozen', 'hebbian', 'gradient')
 GRADS = ('unroll', 'checkpoint', 'stop')
-# Which SG reference script each defense's sg_legacy numbers imitate.
+# Which SG reference script each defense's sg_legacy numbers imitate; the
+# other baselines' scripts score like the no-defense one (float32, batch 64).
 _SG_SCRIPT_FAMILY = {'no-defense': 'no_def', 'sparse-standard': 'sparse_standard',
                      'sparse-guard': 'sparse_guard'}
 
@@ -63,6 +65,10 @@ def validate_config(config, *, num_devices: int) -> None:
          f"setting must be one of {defenses.SETTINGS}, got {config.setting!r}")
   _check(config.defense.name in defenses.DEFENSES,
          f"defense.name must be one of {tuple(defenses.DEFENSES)}, got {config.defense.name!r}")
+  try:
+    defenses.validate(config)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
   _check(isinstance(config.seed, int) and config.seed >= 0, f"seed must be an integer >= 0, got {config.seed!r}")
   _check(config.defense.lam >= 0, f"defense.lam must be >= 0, got {config.defense.lam!r}")
   _check(config.defense.tau > 0, f"defense.tau must be > 0, got {config.defense.tau!r}")
@@ -107,14 +113,26 @@ def _to_json(config) -> dict:
 
 
 def train_target(config, split, *, mesh, workdir, writer):
-  """Trains the defended target on the private set; returns (graphdef, state)."""
+  """Trains the defended target on the private set.
+
+  Returns ``(graphdef, state, row_extras)``: defenses with their own recipe
+  (DP-SGD, transfer learning, the GAN-based ones) report extra row fields
+  (ε, |θ_C|, …); the others train with cross-entropy plus the defense's
+  regulariser (NoPeek, MID, BiDO) and report none.
+  """
+  name = config.defense.name
+  if name in defenses.RECIPES:
+    return defenses.RECIPES[name](config, split, mesh=mesh, workdir=workdir, writer=writer)
   image_shape = tuple(split.private_images.shape[1:])
   model = defenses.build_target(config, image_shape, 10, rngs=nnx.Rngs(config.seed))
-  return train_classifier(
+  extra_loss = defenses.extra_loss_for(config)
+  graphdef, state = train_classifier(
       model=model, tx=make_optimizer(config.train), images=split.private_images,
       labels=split.private_labels, batch_size=config.train.batch_size, epochs=config.train.epochs,
       seed=config.seed, mesh=mesh, workdir=workdir, writer=writer, phase='target',
-      checkpoint_every=config.train.checkpoint_every_steps, log_every=config.train.log_every_steps)
+      checkpoint_every=config.train.checkpoint_every_steps, log_every=config.train.log_every_steps,
+      make_step=lambda g, tx: make_classifier_step(g, tx, extra_loss=extra_loss))
+  return graphdef, state, {}
 
 
 def accuracy(graphdef, state, images, labels, *, batch_size, mesh) -> float:
@@ -134,7 +152,7 @@ def run_point(config, split, *, mesh, workdir) -> tuple[dict, dict]:
   os.makedirs(workdir, exist_ok=True)
   writer = MetricWriter(workdir)
   started = time.perf_counter()
-  graphdef, state = train_target(config, split, mesh=mesh, workdir=workdir, writer=writer)
+  graphdef, state, row_extras = train_target(config, split, mesh=mesh, workdir=workdir, writer=writer)
   leak = defenses.LEAK_OF_SETTING[config.setting]
   attack_rng = jax.random.key(config.seed + 7)
   if config.protocol == 'sg_legacy':
@@ -167,6 +185,7 @@ def run_point(config, split, *, mesh, workdir) -> tuple[dict, dict]:
       'leak': leak, 'n_private': len(originals), 'n_heldout': len(split.heldout_images),
       'config_hash': results_io.config_hash(_to_json(config)),
       'code_version': results_io.code_version(),
+      **row_extras,
       'seconds': round(time.perf_counter() - started, 1),
   }
   if config.protocol == 'sg_legacy':
@@ -177,7 +196,7 @@ def run_point(config, split, *, mesh, workdir) -> tuple[dict, dict]:
     # batch in its LCA scripts, float32 and 64 in its baselines.
     order = np.random.default_rng([config.seed, 2]).permutation(len(originals))
     legacy = legacy_sg_scores((originals[order] - mean) / std, attack.normalized_reconstructions[order],
-                              **SG_EVAL_SETTINGS[_SG_SCRIPT_FAMILY[config.defense.name]])
+                              **SG_EVAL_SETTINGS[_SG_SCRIPT_FAMILY.get(config.defense.name, 'no_def')])
     row.update({'psnr': legacy.psnr, 'ssim': legacy.ssim, 'sg_row_frechet': legacy.row_frechet,
                 'psnr_unit_range': quality.psnr, 'ssim_unit_range': quality.ssim})
   shown = config.attack.figure_images

@@ -54,7 +54,8 @@ def test_finished_points_are_not_rerun(tmp_path, synthetic_split, monkeypatch):
 
 @pytest.mark.parametrize('override,message', [
     ('--config.dataset=cifar100', "dataset must be one of"),
-    ('--config.defense.name=magic', "defense.name must be one of ('no-defense', 'sparse-standard', 'sparse-guard')"),
+    ('--config.defense.name=magic', "defense.name must be one of ('no-defense', 'sparse-standard', 'sparse-guard', "),
+    ('--config.defense.name=laplace-noise --config.defense.laplace_noise.scale=-1', "laplace_noise.scale"),
     ('--config.setting=middle', "setting must be one of ('end_to_end', 'split')"),
     ('--config.protocol=paper', "protocol must be one of ('corrected', 'sg_legacy')"),
     ('--config.defense.lam=-0.5', "defense.lam must be >= 0"),
@@ -65,12 +66,28 @@ def test_bad_config_fails_with_one_line_and_writes_nothing(tmp_path, override, m
   with_sweep_off = ['--config.sweep.enabled=False']
   result = subprocess.run(
       [sys.executable, '-m', 'experiments.sparse_guard', '--config=configs/sparse_guard_mnist.py:tiny',
-       f'--workdir={workdir}', override, *with_sweep_off],
+       f'--workdir={workdir}', *override.split(), *with_sweep_off],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
   errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
   assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
   assert not workdir.exists()
+
+
+def test_every_loss_and_noise_defense_runs_through_the_grid(tmp_path, synthetic_split):
+  """Each defense selectable by name lands as a row, with its knob value and symbol."""
+  config = load_config('tiny')
+  with config.unlocked():
+    config.sweep.defenses = ('no-defense', 'gaussian-noise', 'laplace-noise', 'nopeek', 'mid', 'bido')
+    config.sweep.lams.laplace_noise = (0.5, 1.0)
+    config.attack.epochs = 1
+  rows = experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+  labels = [(r['defense'], r['lam'], r['knob']) for r in rows]
+  assert labels == [('no-defense', None, 'λ'), ('gaussian-noise', 0.5, 'σ'), ('laplace-noise', 0.5, 'b'),
+                    ('laplace-noise', 1.0, 'b'), ('nopeek', 0.1, 'w'), ('mid', 0.003, 'β'), ('bido', None, 'λ')]
+  assert all(0 <= r['accuracy'] <= 1 and np.isfinite(r['psnr']) for r in rows)
+  table = (tmp_path / 'results.md').read_text()
+  assert 'laplace-noise (b=1)' in table and 'Trade-off against no-defense' in table
 
 
 def test_missing_data_fails_cleanly_and_writes_nothing(tmp_path, monkeypatch):

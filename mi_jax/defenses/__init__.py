@@ -1,39 +1,104 @@
-"""Defenses: each one is a front of layers (and, later, losses and hooks)
-that plugs into the same target network, train step and attack.
+"""Defenses: each one changes the target network (a front of layers, noise
+hooks, a bottleneck head), adds a loss term to the train step, or brings its
+own training recipe; all plug into the same target, train step and attack.
 
-``build_target(config, image_shape, num_classes, rngs)`` is the one place
-that turns ``config.defense`` into a model.
+* ``build_target(config, image_shape, num_classes, rngs)`` is the one place
+  that turns ``config.defense`` into a model;
+* ``extra_loss_for(config)`` is the regulariser for
+  ``make_classifier_step(graphdef, tx, extra_loss=...)`` (None: plain CE);
+* ``config_blocks()`` are the per-defense hyperparameter blocks, mounted as
+  ``config.defense.<name with '_'>``; ``validate(config)`` checks the active
+  defense's block with one-line ``ValueError``s;
+* ``RECIPES``: defenses that replace supervised training altogether
+  (DP-SGD, transfer learning, GAN augmentation, GAN-opt), name → train
+  function; registered by their own modules.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 from flax import nnx
 
+from mi_jax.defenses import bido, mid, noise, nopeek
 from mi_jax.defenses.sparse_coding import SparseGuardFront, SparseStandardFront
 from mi_jax.models.target import TargetNetwork
 
-# name → front constructor (None: no front layers).
+# name → front constructor (None: no front layers). Every selectable
+# ``config.defense.name`` is a key here.
 DEFENSES = {
     'no-defense': None,
     'sparse-standard': SparseStandardFront,
     'sparse-guard': SparseGuardFront,
+    'gaussian-noise': None,
+    'laplace-noise': None,
+    'nopeek': None,
+    'mid': None,
+    'bido': None,
 }
+# name → train function, for defenses whose training is not
+# ``train_classifier`` with an extra loss (dp-sgd, transfer-learning,
+# gan-augmentation, gan-opt). Their modules add themselves here, and
+# ``DEFENSES`` gets the same name (front None unless they have one).
+RECIPES: dict[str, Callable] = {}
 SETTINGS = ('end_to_end', 'split')
 PROTOCOLS = ('corrected', 'sg_legacy')
 # Leaked layer per setting (SG §4): the attacker reads the first dense layer
 # in the split setting and the last hidden layer end to end.
 LEAK_OF_SETTING = {'split': 'first', 'end_to_end': 'last_hidden'}
 
+# name → (config block under config.defense, factory, validator).
+_BLOCKS = {
+    'gaussian-noise': ('gaussian_noise', noise.gaussian_config_block, noise.validate_gaussian),
+    'laplace-noise': ('laplace_noise', noise.laplace_config_block, noise.validate_laplace),
+    'nopeek': ('nopeek', nopeek.config_block, nopeek.validate),
+    'mid': ('mid', mid.config_block, mid.validate),
+    'bido': ('bido', bido.config_block, bido.validate),
+}
+
 
 def uses_lambda(defense_name: str) -> bool:
   return defense_name in ('sparse-standard', 'sparse-guard')
 
 
+def config_blocks() -> dict:
+  """{'gaussian_noise': ConfigDict, ...}: mount each as ``config.defense.<key>``."""
+  return {field: factory() for field, factory, _ in _BLOCKS.values()}
+
+
+def _check_name(name) -> None:
+  if name not in DEFENSES:
+    raise ValueError(f"defense.name must be one of {tuple(DEFENSES)}, got {name!r}")
+
+
+def validate(config) -> None:
+  """One-line ``ValueError`` for a bad field of the active defense's block."""
+  name = config.defense.name
+  _check_name(name)
+  if name in _BLOCKS:
+    field, _, validator = _BLOCKS[name]
+    if field not in config.defense:
+      raise ValueError(f"defense.{field} is missing: defense.name={name!r} needs its config block")
+    validator(config)
+
+
+def _hooks(config) -> dict:
+  """TargetNetwork keyword arguments for the active defense's model changes."""
+  name = config.defense.name
+  if name == 'gaussian-noise':
+    return noise.gaussian_hooks(config)
+  if name == 'laplace-noise':
+    return noise.laplace_hooks(config)
+  if name == 'mid':
+    return {'bottleneck': mid.bottleneck_width(config),
+            'bottleneck_std_shift': float(config.defense.mid.std_shift)}
+  return {}
+
+
 def build_target(config, image_shape, num_classes, *, rngs: nnx.Rngs) -> TargetNetwork:
   """The defended target network described by ``config``."""
   name = config.defense.name
-  if name not in DEFENSES:
-    raise ValueError(f"defense.name must be one of {tuple(DEFENSES)}, got {name!r}")
+  _check_name(name)
   legacy = config.protocol == 'sg_legacy'
   front_cls = DEFENSES[name]
   front = None if front_cls is None else front_cls(config.defense, image_shape, legacy=legacy, rngs=rngs)
@@ -47,4 +112,18 @@ def build_target(config, image_shape, num_classes, *, rngs: nnx.Rngs) -> TargetN
       normalization=tuple(config.data.normalization),
       width_axis_linear=legacy,
       rngs=rngs,
+      **_hooks(config),
   )
+
+
+def extra_loss_for(config, *, num_classes: int = 10):
+  """The ``extra_loss`` of ``make_classifier_step`` for the active defense, or None."""
+  name = config.defense.name
+  _check_name(name)
+  if name == 'nopeek':
+    return nopeek.make_extra_loss(config)
+  if name == 'mid':
+    return mid.make_extra_loss(config)
+  if name == 'bido':
+    return bido.make_extra_loss(config, num_classes=num_classes)
+  return None
