@@ -26,7 +26,12 @@ digits (PSNR well above the untrained-decoder baseline); sparse coding
 lowers PSNR/SSIM at a small accuracy cost, more so as λ grows.
 
 Arguments: ``small`` (default), ``tiny``, ``paper``; append ``,fashion_mnist``
-to switch dataset (e.g. ``small,fashion_mnist``).
+to switch dataset (e.g. ``small,fashion_mnist``), and ``,all_defenses`` for
+the grid of every defense of both papers (issue 4; ``scripts/run_defense_grid.sh``):
+
+  python -m experiments.sparse_guard \
+      --config=configs/sparse_guard_mnist.py:small,mnist,all_defenses \
+      --workdir=results/defense_grid_small
 """
 
 from ml_collections import config_dict
@@ -41,10 +46,20 @@ NORMALIZATION = {
 }
 
 
+# The defenses each grid sweeps (more knob values in sweep.lams).
+GRIDS = {
+    'sparse_guard': ('no-defense', 'sparse-standard', 'sparse-guard'),
+    'all_defenses': tuple(defenses.DEFENSES),
+}
+
+
 def get_config(arg: str = 'small'):
   parts = [p for p in (arg or 'small').split(',') if p]
   scale = parts[0] if parts else 'small'
   dataset = parts[1] if len(parts) > 1 else 'mnist'
+  grid = parts[2] if len(parts) > 2 else 'sparse_guard'
+  if grid not in GRIDS:
+    raise ValueError(f"config argument grid must be one of {tuple(GRIDS)}, got {grid!r}")
   if scale not in ('tiny', 'small', 'paper'):
     raise ValueError(f"config argument scale must be one of ('tiny', 'small', 'paper'), got {scale!r}")
   if dataset not in NORMALIZATION:
@@ -143,6 +158,13 @@ def get_config(arg: str = 'small'):
   })
   c.sweep.settings = ('end_to_end', 'split')
   c.sweep.protocols = ('corrected',)
+  if grid == 'all_defenses':
+    c.sweep.enabled = True
+    c.sweep.defenses = GRIDS[grid]
+    # One knob value per defense at its paper default, except the two
+    # Laplace scales SG App. B reports and Sparse-Guard at its table default.
+    c.sweep.lams.sparse_guard = (0.5,)
+    c.sweep.lams.laplace_noise = (0.5, 1.0)
 
   if scale in ('small', 'tiny'):
     _small(c, tiny=scale == 'tiny')
@@ -183,6 +205,7 @@ def _small(c, *, tiny: bool):
   c.attack.figure_images = 4 if tiny else 8
   if tiny:
     c.defense.features = (4, 6)
-    c.sweep.defenses = ('no-defense', 'sparse-guard')
+    if c.sweep.defenses == GRIDS['sparse_guard']:
+      c.sweep.defenses = ('no-defense', 'sparse-guard')
     c.sweep.lams.sparse_guard = (0.25,)
     c.sweep.settings = ('split',)
