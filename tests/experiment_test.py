@@ -118,3 +118,20 @@ def test_resuming_with_a_different_config_is_refused(tmp_path, synthetic_split):
     config.attack.epochs = 3
   with pytest.raises(FileExistsError, match='was started with a different config'):
     experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+
+
+def test_fid_lands_in_the_row_when_enabled(tmp_path, synthetic_split):
+  from mi_jax import weights
+  try:
+    weights.asset_path('inception_v3_fid', download=False)
+  except weights.WeightsUnavailableError as error:
+    pytest.skip(f'FID InceptionV3 weights not cached (python -m mi_jax.weights.fetch inception_v3_fid): {error}')
+  config = load_config('tiny')
+  with config.unlocked():
+    config.sweep.enabled = False
+    config.defense.name = 'no-defense'
+    config.metrics.fid_images = 8
+    config.metrics.fid_batch_size = 8
+  [row] = experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+  assert row['fid_images'] == 8 and np.isfinite(row['fid']) and row['fid'] > 0
+  assert 'FID ↑' in (tmp_path / 'results.md').read_text()

@@ -289,6 +289,12 @@ METRIC_COLUMNS = (  # (row key, header, decimals, scale)
     ('psnr', 'PSNR ↓', 2, 1.0),
     ('ssim', 'SSIM ↓', 3, 1.0),
 )
+# Shown only when some row of the table has them.
+OPTIONAL_METRIC_COLUMNS = (
+    ('fid', 'FID ↑', 1, 1.0),
+    ('attack_top1', 'AttAcc ↓ (%)', 1, 100.0),
+    ('knn_distance', 'KNN ↑', 1, 1.0),
+)
 
 
 def defense_label(defense: str, lam, knob: str = 'λ') -> str:
@@ -324,8 +330,10 @@ def _table(dataset: str, protocol: str, rows: list[dict]) -> str:
       order.append((r['defense'], r['lam']))
     cells[(r['defense'], r['lam'], r['setting'])].append(r)
   seeds = sorted({r['seed'] for r in rows})
+  columns = METRIC_COLUMNS + tuple(
+      c for c in OPTIONAL_METRIC_COLUMNS if any(_is_number(r.get(c[0])) for r in rows))
   header = ['Defense'] + [
-      f"{SETTING_TITLES[s]} {title}" for s in settings for _, title, _, _ in METRIC_COLUMNS]
+      f"{SETTING_TITLES[s]} {title}" for s in settings for _, title, _, _ in columns]
   lines = [
       f"### {dataset} — protocol `{protocol}`",
       '',
@@ -341,9 +349,9 @@ def _table(dataset: str, protocol: str, rows: list[dict]) -> str:
     row_cells = [defense_label(defense, lam, knob).replace('|', r'\|')]
     for s in settings:
       group = cells.get((defense, lam, s), [])
-      for key, _, decimals, scale in METRIC_COLUMNS:
-        row_cells.append(
-            _format_cell([g[key] for g in group], decimals, scale) if group else '—')
+      for key, _, decimals, scale in columns:
+        values = [g[key] for g in group if _is_number(g.get(key))]
+        row_cells.append(_format_cell(values, decimals, scale) if values else '—')
     lines.append('| ' + ' | '.join(row_cells) + ' |')
   return '\n'.join(lines)
 

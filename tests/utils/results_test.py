@@ -259,3 +259,12 @@ def test_markdown_labels_and_rejects():
     results.results_markdown([])
   with pytest.raises(ValueError, match=r"row 0: setting must be one of"):
     results.results_markdown([_row(setting='both')])
+
+
+def test_optional_metric_columns_appear_only_when_present():
+  plain = results.results_markdown([_row()])
+  assert 'FID' not in plain and 'KNN' not in plain
+  text = results.results_markdown([_row(fid=41.25, attack_top1=0.5), _row(defense='mid', lam=0.01)])
+  assert '| End-to-end FID ↑ | End-to-end AttAcc ↓ (%) |' in text
+  assert '| no-defense | 98.71 | 18.46 | 0.712 | 41.2 | 50.0 |' in text
+  assert '| mid (λ=0.01) | 98.71 | 18.46 | 0.712 | — | — |' in text
