@@ -24,8 +24,9 @@ from flax import nnx
 
 from mi_jax import data as mi_data
 from mi_jax import defenses
+from mi_jax import judge as judge_lib
 from mi_jax.attacks.surrogate import legacy_surrogate_attack, query_target, surrogate_attack
-from mi_jax.metrics import fid
+from mi_jax.metrics import attack_success, fid
 from mi_jax.metrics.image_quality import mean_psnr_ssim
 from mi_jax.metrics.legacy import SG_EVAL_SETTINGS, legacy_sg_scores
 from mi_jax.train.classifier import train_classifier
@@ -98,6 +99,9 @@ def validate_config(config, *, num_devices: int) -> None:
   _check(config.metrics.fid_batch_size >= 1 and config.metrics.fid_batch_size % num_devices == 0,
          f"metrics.fid_batch_size must be a positive multiple of the {num_devices} devices, "
          f"got {config.metrics.fid_batch_size!r}")
+  _check(config.metrics.judge_scale is None or config.metrics.judge_scale in judge_lib.SCALES,
+         f"metrics.judge_scale must be None or one of {tuple(judge_lib.SCALES)}, "
+         f"got {config.metrics.judge_scale!r}")
   _check(0 < config.data.private_fraction < 1,
          f"data.private_fraction must be in (0, 1), got {config.data.private_fraction!r}")
   if config.sweep.enabled:
@@ -154,8 +158,12 @@ def accuracy(graphdef, state, images, labels, *, batch_size, mesh) -> float:
   return float(np.mean(predictions == labels))
 
 
-def run_point(config, split, *, mesh, workdir) -> tuple[dict, dict]:
-  """Target → accuracy → attack → metrics; returns (results row, figure images)."""
+def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) -> tuple[dict, dict]:
+  """Target → accuracy → attack → metrics; returns (results row, figure images).
+
+  ``judge`` (with ``judged_private``, the private images in its feature
+  space) adds attack accuracy and KNN distance to the row.
+  """
   os.makedirs(workdir, exist_ok=True)
   writer = MetricWriter(workdir)
   started = time.perf_counter()
@@ -206,6 +214,15 @@ def run_point(config, split, *, mesh, workdir) -> tuple[dict, dict]:
                               **SG_EVAL_SETTINGS[_SG_SCRIPT_FAMILY.get(config.defense.name, 'no_def')])
     row.update({'psnr': legacy.psnr, 'ssim': legacy.ssim, 'sg_row_frechet': legacy.row_frechet,
                 'psnr_unit_range': quality.psnr, 'ssim_unit_range': quality.ssim})
+  if judge is not None:
+    # Every private image is an attacked instance of its own label.
+    top1, top5 = attack_success.attack_accuracy(judge.logits(attack.reconstructions), split.private_labels)
+    row.update({
+        'attack_top1': top1, 'attack_top5': top5,
+        'knn_distance': attack_success.knn_distance(
+            judge.features(attack.reconstructions), split.private_labels, judged_private,
+            split.private_labels),
+        'judge': judge.name, 'judge_test_accuracy': judge.test_accuracy})
   fid_images = config.metrics.fid_images
   if fid_images != 0:
     n = len(originals) if fid_images is None else min(fid_images, len(originals))
@@ -237,6 +254,12 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     results_io.write_json_atomic(os.path.join(workdir, 'config.json'), _to_json(config), overwrite=True)
+  judge, judged_private = None, None
+  if config.metrics.judge_scale is not None:
+    judge = judge_lib.load_or_train_judge(
+        config.dataset, root=os.path.join(workdir, 'judge'), mesh=mesh, scale=config.metrics.judge_scale,
+        seed=config.seed, data_dir=config.data.dir)
+    judged_private = judge.features(split.private_images)
   rows, figures = [], []
   for index, (name, point) in enumerate(points):
     point_dir = os.path.join(workdir, 'points', name)
@@ -259,7 +282,8 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
       os.makedirs(point_dir, exist_ok=True)
       if jax.process_index() == 0:
         results_io.write_json_atomic(point_config_path, _to_json(point), overwrite=True)
-      row, figure = run_point(point, split, mesh=mesh, workdir=point_dir)
+      row, figure = run_point(point, split, mesh=mesh, workdir=point_dir, judge=judge,
+                              judged_private=judged_private)
       if jax.process_index() == 0:
         _write_npz_atomic(figure_path, figure)
         results_io.write_json_atomic(row_path, row, overwrite=True)

@@ -21,6 +21,9 @@ def synthetic_split(monkeypatch):
   heldout_images, heldout_labels = synthetic_digits(32, seed=4)
   split = mi_data.ProtocolSplit(private_images, private_labels, heldout_images, heldout_labels)
   monkeypatch.setattr(experiment.mi_data, 'load_sparse_guard', lambda *a, **k: split)
+  # The evaluation classifier's official splits, also synthetic here.
+  monkeypatch.setattr(experiment.mi_data, 'load',
+                      lambda name, which, **k: synthetic_digits(256 if which == 'train' else 64, seed=5))
   return split
 
 
@@ -33,6 +36,8 @@ def test_tiny_sweep_writes_table_rows_and_figure(tmp_path, synthetic_split):
   for row in saved:
     assert row['protocol'] == 'corrected' and row['setting'] == 'split' and row['seed'] == 0
     assert 0 <= row['accuracy'] <= 1 and np.isfinite(row['psnr']) and -1 <= row['ssim'] <= 1
+    assert 0 <= row['attack_top1'] <= row['attack_top5'] <= 1 and row['knn_distance'] >= 0
+    assert row['judge'] == 'evaluation_cnn_mnist_tiny' and 0 <= row['judge_test_accuracy'] <= 1
     assert len(row['config_hash']) == 12 and row['code_version']
   table = (tmp_path / 'results.md').read_text()
   assert 'sparse-guard (λ=0.25)' in table and 'no-defense' in table
@@ -88,6 +93,27 @@ def test_every_loss_and_noise_defense_runs_through_the_grid(tmp_path, synthetic_
   assert all(0 <= r['accuracy'] <= 1 and np.isfinite(r['psnr']) for r in rows)
   table = (tmp_path / 'results.md').read_text()
   assert 'laplace-noise (b=1)' in table and 'Trade-off against no-defense' in table
+
+
+def test_every_recipe_defense_runs_through_the_grid(tmp_path, synthetic_split, monkeypatch):
+  """DP-SGD, transfer learning and the GAN defenses train by their own recipes
+  and report their extra fields (ε, |θ_C|, generated samples) in the rows."""
+  from mi_jax.defenses import gan_opt, transfer
+  public = synthetic_digits(64, seed=9)  # SYNTHETIC public data (unit test only)
+  monkeypatch.setattr(transfer, 'public_data', lambda config, limit: (*public, 'synthetic'))
+  monkeypatch.setattr(gan_opt.mi_data, 'load', lambda *a, **k: public)
+  config = load_config('tiny')
+  with config.unlocked():
+    config.sweep.defenses = ('no-defense', 'dp-sgd', 'transfer-learning', 'gan-augmentation', 'gan-opt')
+    config.attack.epochs = 1
+  rows = experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+  by_name = {r['defense']: r for r in rows}
+  assert list(by_name) == ['no-defense', 'dp-sgd', 'transfer-learning', 'gan-augmentation', 'gan-opt']
+  assert by_name['dp-sgd']['dp_epsilon'] > 0 and by_name['dp-sgd']['knob'] == 'z'
+  assert 0 < by_name['transfer-learning']['theta_c'] < by_name['transfer-learning']['theta_t']
+  assert by_name['gan-augmentation']['n_generated'] > 0
+  assert all(0 <= r['accuracy'] <= 1 and np.isfinite(r['psnr']) for r in rows)
+  assert 'ε=' in (tmp_path / 'results.md').read_text()
 
 
 def test_missing_data_fails_cleanly_and_writes_nothing(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from typing import Callable
 
 from flax import nnx
 
-from mi_jax.defenses import bido, mid, noise, nopeek
+from mi_jax.defenses import bido, dp_sgd, gan_augmentation, gan_opt, mid, noise, nopeek, transfer
 from mi_jax.defenses.sparse_coding import SparseGuardFront, SparseStandardFront
 from mi_jax.models.target import TargetNetwork
 
@@ -35,12 +35,21 @@ DEFENSES = {
     'nopeek': None,
     'mid': None,
     'bido': None,
+    dp_sgd.NAME: None,
+    transfer.NAME: None,
+    gan_augmentation.NAME: None,
+    gan_opt.NAME: None,
 }
 # name → train function, for defenses whose training is not
 # ``train_classifier`` with an extra loss (dp-sgd, transfer-learning,
 # gan-augmentation, gan-opt). Their modules add themselves here, and
 # ``DEFENSES`` gets the same name (front None unless they have one).
-RECIPES: dict[str, Callable] = {}
+RECIPES: dict[str, Callable] = {
+    dp_sgd.NAME: dp_sgd.train_dp_target,
+    transfer.NAME: transfer.train_transfer_target,
+    gan_augmentation.NAME: gan_augmentation.train_gan_augmented_target,
+    gan_opt.NAME: gan_opt.train_gan_opt_target,
+}
 SETTINGS = ('end_to_end', 'split')
 PROTOCOLS = ('corrected', 'sg_legacy')
 # Leaked layer per setting (SG §4): the attacker reads the first dense layer
@@ -54,6 +63,10 @@ _BLOCKS = {
     'nopeek': ('nopeek', nopeek.config_block, nopeek.validate),
     'mid': ('mid', mid.config_block, mid.validate),
     'bido': ('bido', bido.config_block, bido.validate),
+    dp_sgd.NAME: ('dp_sgd', dp_sgd.config_block, dp_sgd.validate_config),
+    transfer.NAME: ('transfer', transfer.config_block, transfer.validate),
+    gan_augmentation.NAME: ('gan_augmentation', gan_augmentation.config_block, gan_augmentation.validate),
+    gan_opt.NAME: ('gan_opt', gan_opt.config_block, gan_opt.validate),
 }
 
 
