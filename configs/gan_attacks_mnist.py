@@ -1,0 +1,174 @@
+"""White-box GAN-prior attacks (GMI, KEDMI, PPA) against defended targets, MNIST scale.
+
+The TL-style protocol (Ho et al., TL-DMI, App. D) at digit scale: private =
+digits 0–4 (the targets train on them; their test digits 0–4 measure natural
+accuracy), public = digits 5–9 (the attacker's GAN data: no class overlap).
+Each defense in ``defenses`` trains one target (any of mi_jax.defenses, with
+the blocks of configs/sparse_guard_mnist.py); each attack in ``attacks``
+inverts every private class; one results row per defense × attack.
+
+Commands (from the repository root):
+
+  # Default: small, no-defense vs Sparse-Guard, all three attacks (≈10 min on 2 CPU cores).
+  python -m experiments.gan_attacks --config=configs/gan_attacks_mnist.py:small \
+      --workdir=results/gan_attacks_small
+
+  # Smoke test (what tests run; about a minute):
+  ... --config=configs/gan_attacks_mnist.py:tiny
+
+  # Paper settings (TL App. D.3: 3000 iterations, 5 attacks per class, lr 0.02;
+  # PPA 50 iterations, lr 0.005, 50 candidates): an accelerator, about an hour.
+  ... --config=configs/gan_attacks_mnist.py:paper
+
+Expected outcome: against no-defense every attack's top-1 attack accuracy is
+well above chance (20%), GMI < KEDMI ≈ PPA; defenses lower it at some cost
+in natural accuracy.
+"""
+
+import importlib.util
+import os
+
+from ml_collections import config_dict
+
+SCALES = ('tiny', 'small', 'paper')
+
+
+def _base_config(scale: str, dataset: str):
+  """The main experiment's config (model, train, defense blocks), unlocked."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'sparse_guard_mnist.py')
+  spec = importlib.util.spec_from_file_location('sparse_guard_mnist_base', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config(f'{scale},{dataset}')
+  c.unlock()
+  return c
+
+
+def get_config(arg: str = 'small'):
+  parts = [p for p in (arg or 'small').split(',') if p]
+  scale = parts[0] if parts else 'small'
+  dataset = parts[1] if len(parts) > 1 else 'mnist'
+  if scale not in SCALES:
+    raise ValueError(f"config argument scale must be one of {SCALES}, got {scale!r}")
+  c = _base_config(scale, dataset)
+  c.experiment = 'gan_attacks'
+  c.sweep.enabled = False  # this experiment iterates over `defenses` itself
+  c.defense.name = 'no-defense'  # overwritten per entry of `defenses`
+  c.setting = 'end_to_end'
+  # Sparse-Guard at its SG Table 5 default λ.
+  c.defenses = ('no-defense', 'sparse-guard')
+  c.attacks = ('gmi', 'kedmi', 'ppa')
+  # How the white-box attacker differentiates sparse-coding targets: exact
+  # gradients through the LCA loop ('checkpoint': √T memory for 500 steps)
+  # even when the target trained forward-only (small configs'
+  # defense.grad='stop'); 'stop' would attack a gradient-masked graph (zero
+  # input gradient) and overstate the defense.
+  c.attack_grad = 'checkpoint'
+  # TL protocol: attacker's public data shares no class with the private data.
+  c.private_classes = (0, 1, 2, 3, 4)
+  c.public_classes = (5, 6, 7, 8, 9)
+  c.data.public_limit = config_dict.placeholder(int)  # None: every public training image
+  c.data.test_limit = config_dict.placeholder(int)  # None: every test image of the private classes
+
+  # The attacker's GANs (DCGAN-sized, mi_jax.models.gan). Adam(2e-4, β₁=0.5)
+  # and batch 64 are GMI's and KEDMI's settings.
+  c.gan = config_dict.ConfigDict()
+  c.gan.latent_dim = 100  # GMI / KEDMI z_dim
+  c.gan.width = 64
+  c.gan.batch_size = 64
+  c.gan.learning_rate = 2e-4
+  c.gan.checkpoint_every_steps = 500
+  c.gan.log_every_steps = 50
+
+  # GMI (Zhang et al. 2020): WGAN-GP prior, n_critic 5 (their script), λ_gp 10.
+  c.gmi = config_dict.ConfigDict()
+  c.gmi.gan_loss = 'wgan-gp'
+  c.gmi.gan_epochs = 30
+  c.gmi.n_critic = 5
+  c.gmi.iterations = 3000  # TL App. D.3
+  c.gmi.learning_rate = 0.02  # TL App. D.3 / GMI
+  c.gmi.momentum = 0.9  # GMI's Nesterov SGD
+  c.gmi.lam = 100.0  # GMI's identity-loss weight λ_i
+  c.gmi.clip = 1.0  # GMI's clip_range
+  c.gmi.attacks_per_class = 5  # TL App. D.3
+
+  # KEDMI (Chen et al. 2021): semi-supervised GAN with the target's soft labels.
+  c.kedmi = config_dict.ConfigDict()
+  c.kedmi.gan_epochs = 30
+  c.kedmi.n_critic = 1  # a GAN without a critic schedule; k+1_gan.py's n_critic applies to faces
+  c.kedmi.iterations = 3000  # TL App. D.3
+  c.kedmi.learning_rate = 0.02
+  c.kedmi.lam = 100.0
+  c.kedmi.clip = 1.0
+  c.kedmi.init_log_var = 1.0  # KEDMI's dist_inversion: log σ² = 1 at the start
+  c.kedmi.attacks_per_class = 5
+
+  # PPA (Struppek et al. 2022) with a small conditional GAN, as the SG code does for MNIST.
+  c.ppa = config_dict.ConfigDict()
+  c.ppa.gan_loss = 'dcgan'
+  c.ppa.gan_epochs = 30
+  c.ppa.iterations = 50  # TL App. D.3
+  c.ppa.learning_rate = 0.005  # TL App. D.3
+  c.ppa.clip = 3.0  # z ~ N(0, I) lies in [−3, 3] w.p. 99.7% per coordinate
+  c.ppa.initial_candidates = 200  # PPA samples 4× the candidates before optimising
+  c.ppa.candidates = 50  # TL App. D.3: 50 per class
+  c.ppa.final = 5  # reconstructions kept per class, like 5 attacks per class for GMI/KEDMI
+  c.ppa.selection_transforms = 50  # PPA's final selection uses 50 augmentations
+  # Digit-sized augmentations (PPA's face values: area 0.5–0.9, ratio 0.8–1.25, flip 0.5).
+  c.ppa.transform_scale = (0.8, 1.0)
+  c.ppa.transform_ratio = (0.9, 1.1)
+  c.ppa.transform_rotation = 10.0
+  c.ppa.transform_flip = 0.0  # a flipped digit can be another digit
+
+  c.evaluation = config_dict.ConfigDict()
+  c.evaluation.judge_scale = scale  # mi_jax.evaluation.judge's scale
+  # Where judges are trained/cached; None: <workdir>/judge. Point several runs at one folder to share it.
+  c.evaluation.judge_dir = config_dict.placeholder(str)
+  c.evaluation.fid = True
+  c.evaluation.fid_batch_size = 64
+  # Private images in FID's reference set (None: all). FID depends on the set
+  # sizes; compare only rows with equal `fid_n`.
+  c.evaluation.fid_private_limit = config_dict.placeholder(int)
+  c.evaluation.figure_attacks = 1  # reconstructions per class shown in the grids
+
+  if scale == 'paper':
+    c.train.epochs = 25
+  else:
+    _small(c, tiny=scale == 'tiny')
+  return c.lock()
+
+
+def _small(c, *, tiny: bool):
+  """CPU-sized: fewer images, narrower GANs, fewer iterations (same algorithms)."""
+  # Differentiating through the LCA loop costs ~30 s per attack iteration
+  # for 25 images on a 2-core CPU (measured at the small LCA schedule), so
+  # the CPU-sized default compares no-defense with MID; Sparse-Guard rows need
+  # an accelerator (``--config.defenses="('no-defense','sparse-guard')"``).
+  # tiny keeps Sparse-Guard so the path stays exercised.
+  c.defenses = ('no-defense', 'sparse-guard') if tiny else ('no-defense', 'mid')
+  c.attack_grad = 'unroll'  # a 10–40-step LCA loop fits in memory unrolled
+  c.data.private_limit = 64 if tiny else 1000
+  c.data.test_limit = 64 if tiny else 500
+  c.data.public_limit = 128 if tiny else 2000
+  c.gan.width = 8 if tiny else 32
+  c.gan.latent_dim = 16 if tiny else 64
+  # A short GAN run needs a larger step than 2e-4 to leave the grey-blur stage.
+  c.gan.learning_rate = 2e-3 if tiny else 1e-3
+  c.gan.batch_size = 32 if tiny else 64
+  c.gan.checkpoint_every_steps = 50 if tiny else 200
+  c.gan.log_every_steps = 10 if tiny else 50
+  c.gmi.gan_epochs = 1 if tiny else 8
+  c.gmi.n_critic = 2 if tiny else 2  # fewer critic steps per G step: few total steps
+  c.kedmi.gan_epochs = 1 if tiny else 6
+  c.ppa.gan_epochs = 1 if tiny else 6
+  c.gmi.iterations = 10 if tiny else 300
+  c.kedmi.iterations = 10 if tiny else 300
+  c.ppa.iterations = 5 if tiny else 50
+  c.gmi.attacks_per_class = 2 if tiny else 5
+  c.kedmi.attacks_per_class = 2 if tiny else 5
+  c.ppa.initial_candidates = 8 if tiny else 40
+  c.ppa.candidates = 4 if tiny else 10
+  c.ppa.final = 2 if tiny else 5
+  c.ppa.selection_transforms = 4 if tiny else 20
+  c.evaluation.fid_batch_size = 16 if tiny else 64
+  c.evaluation.fid_private_limit = 32 if tiny else 250

@@ -1,0 +1,429 @@
+"""White-box GAN-prior attacks (GMI, KEDMI, PPA) against defended targets.
+
+``run(config, workdir)`` follows the TL-style protocol at MNIST scale:
+
+1. Data: private = the training images of ``config.private_classes``
+   (targets train on them), test = the test images of those classes
+   (natural accuracy), public = the training images of
+   ``config.public_classes`` (the attacker's GAN data; no class overlap).
+2. The attacker's class-agnostic GANs are trained once per run on public
+   data (``gans/gmi``: WGAN-GP; ``gans/ppa``: conditional GAN over the
+   public classes); KEDMI's GAN depends on the target (its discriminator
+   learns the target's soft labels), so it is trained per defense.
+3. For each defense in ``config.defenses``: train the target with
+   :func:`mi_jax.experiment.train_target` (every defense, recipes
+   included), measure its accuracy, run each attack in ``config.attacks``
+   on every private class, and score the reconstructions with the shared
+   evaluation: attack accuracy top-1/top-5 by a separately trained judge,
+   KNN distance in the judge's penultimate features to the private images
+   of the attacked class, FID between private images and reconstructions.
+4. Write ``results.json`` (one row per defense × attack), ``results.md`` and
+   one SG Fig. 3-style grid per attack (one reconstruction per class, one
+   row per defense). Every (defense, attack) keeps ``row.json`` and
+   ``figure.npz`` under ``points/<defense>/<attack>/``, GAN and target
+   training resume from their checkpoints, so a killed run resumes; an
+   existing ``results.json`` is never overwritten.
+
+Targets keep the main experiment's 10-way head (``train_target`` builds
+every defense that way); only the private classes are ever trained on or
+attacked, and KEDMI's soft labels are the target's softmax over the
+private classes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mi_jax import data as mi_data
+from mi_jax import experiment
+from mi_jax.attacks import gmi, kedmi, latent, ppa
+from mi_jax.train import gan
+from mi_jax.train.inference import apply_in_batches
+from mi_jax.utils import results as results_io
+from mi_jax.utils import sweep
+from mi_jax.utils.figures import reconstruction_grid
+from mi_jax.utils.metric_writer import MetricWriter
+
+ATTACKS = ('gmi', 'kedmi', 'ppa')
+ATTACK_TITLES = {'gmi': 'GMI', 'kedmi': 'KEDMI', 'ppa': 'PPA'}
+GAN_LOSSES = {'gmi': ('wgan-gp', 'dcgan'), 'ppa': ('wgan-gp', 'dcgan')}
+
+
+# The main experiment's error type, so one except clause serves both.
+ConfigError = experiment.ConfigError
+
+
+def _check(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def validate_config(config, *, num_devices: int) -> None:
+  """One-line :class:`ConfigError` for the first bad field, before any work."""
+  _check(len(config.attacks) > 0 and all(a in ATTACKS for a in config.attacks),
+         f"attacks must be a non-empty tuple of {ATTACKS}, got {tuple(config.attacks)!r}")
+  _check(len(config.defenses) > 0 and len(set(config.defenses)) == len(config.defenses),
+         f"defenses must be a non-empty tuple of distinct defense names, got {tuple(config.defenses)!r}")
+  private, public = tuple(config.private_classes), tuple(config.public_classes)
+  _check(len(private) >= 2 and all(0 <= c <= 9 for c in private),
+         f"private_classes must be >= 2 digits in [0, 9], got {private!r}")
+  _check(len(public) >= 1 and all(0 <= c <= 9 for c in public),
+         f"public_classes must be digits in [0, 9], got {public!r}")
+  _check(not set(private) & set(public),
+         f"public_classes must not overlap private_classes (TL protocol), got {public!r} and {private!r}")
+  for name in config.defenses:
+    experiment.validate_config(_point_config(config, name), num_devices=num_devices)
+  _check(config.gan.latent_dim >= 1, f"gan.latent_dim must be >= 1, got {config.gan.latent_dim!r}")
+  _check(config.gan.learning_rate > 0, f"gan.learning_rate must be > 0, got {config.gan.learning_rate!r}")
+  _check(config.gan.batch_size >= 1 and config.gan.batch_size % num_devices == 0,
+         f"gan.batch_size must be a positive multiple of the {num_devices} devices, got {config.gan.batch_size!r}")
+  for attack in ('gmi', 'ppa'):
+    loss = config[attack].gan_loss
+    _check(loss in GAN_LOSSES[attack], f"{attack}.gan_loss must be one of {GAN_LOSSES[attack]}, got {loss!r}")
+  for attack in ATTACKS:
+    block = config[attack]
+    _check(block.gan_epochs >= 1, f"{attack}.gan_epochs must be >= 1, got {block.gan_epochs!r}")
+    _check(block.iterations >= 1, f"{attack}.iterations must be >= 1, got {block.iterations!r}")
+    _check(block.learning_rate > 0, f"{attack}.learning_rate must be > 0, got {block.learning_rate!r}")
+    _check(block.clip is None or block.clip > 0, f"{attack}.clip must be > 0 or None, got {block.clip!r}")
+  for attack in ('gmi', 'kedmi'):
+    _check(config[attack].attacks_per_class >= 1,
+           f"{attack}.attacks_per_class must be >= 1, got {config[attack].attacks_per_class!r}")
+  _check(config.attack_grad in experiment.GRADS,
+         f"attack_grad must be one of {experiment.GRADS}, got {config.attack_grad!r}")
+  p = config.ppa
+  _check(1 <= p.final <= p.candidates <= p.initial_candidates,
+         f"ppa needs 1 <= final <= candidates <= initial_candidates, got {p.final}, {p.candidates}, {p.initial_candidates}")
+  _check(p.selection_transforms >= 1, f"ppa.selection_transforms must be >= 1, got {p.selection_transforms!r}")
+
+
+def _point_config(config, defense: str, *, grad=None):
+  point = config.copy_and_resolve_references()
+  point.unlock()
+  point.defense.name = defense
+  if grad is not None:
+    point.defense.grad = grad
+  return point.lock()
+
+
+def attack_target_fn(config, defense: str, graphdef, state, image_shape):
+  """The target as the white-box attacker differentiates it.
+
+  Small configs train the sparse layers forward-only (``defense.grad='stop'``
+  stops gradients at their input, a CPU economy); attacking that graph would
+  measure gradient masking, not the defense. The attacker instead uses the
+  same parameters in a graph built with ``config.attack_grad`` (default
+  'unroll': exact gradients through the LCA iterations).
+  """
+  if config.attack_grad == config.defense.grad or defense not in ('sparse-standard', 'sparse-guard'):
+    return latent.target_logits_fn(graphdef, state)
+  from flax import nnx
+  from mi_jax import defenses
+  point = _point_config(config, defense, grad=config.attack_grad)
+  model = defenses.build_target(point, image_shape, 10, rngs=nnx.Rngs(0))
+  attack_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
+  return latent.target_logits_fn(attack_graphdef, state)
+
+
+def _to_json(config) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _subset(images, labels, classes, limit, *, seed, salt, field):
+  keep = np.isin(labels, classes)
+  images, labels = images[keep], labels[keep]
+  if limit is not None and limit < len(labels):
+    rows = mi_data.stratified_subsample(labels, limit, seed=seed, salt=salt, field=field)
+    images, labels = images[rows], labels[rows]
+  return images, labels
+
+
+def load_protocol(config):
+  """(private split as a ProtocolSplit with the test digits as held-out, public images, public labels 0..)."""
+  train_images, train_labels = mi_data.load(config.dataset, 'train', data_dir=config.data.dir)
+  test_images, test_labels = mi_data.load(config.dataset, 'test', data_dir=config.data.dir)
+  private = _subset(train_images, train_labels, config.private_classes, config.data.private_limit,
+                    seed=config.seed, salt=11, field='data.private_limit')
+  test = _subset(test_images, test_labels, config.private_classes, config.data.test_limit,
+                 seed=config.seed, salt=12, field='data.test_limit')
+  public_images, public_labels = _subset(train_images, train_labels, config.public_classes, config.data.public_limit,
+                                         seed=config.seed, salt=13, field='data.public_limit')
+  # Conditional GANs take class indices 0..len(public_classes)-1.
+  remap = {c: i for i, c in enumerate(config.public_classes)}
+  public_labels = np.array([remap[int(y)] for y in public_labels], np.int64)
+  split = mi_data.ProtocolSplit(private[0], private[1], test[0], test[1])
+  return split, public_images, public_labels
+
+
+# --------------------------------------------------------------------------- GANs
+
+
+def _train_gan(config, workdir, *, images, mesh, epochs, loss, n_critic=None, labels=None, conditional=False,
+               soft_labels=None, phase):
+  return gan.train_gan(
+      images=images, labels=labels, conditional=conditional, loss=loss, latent_dim=config.gan.latent_dim,
+      epochs=epochs, batch_size=config.gan.batch_size, learning_rate=config.gan.learning_rate, seed=config.seed,
+      mesh=mesh, workdir=workdir, writer=MetricWriter(workdir), soft_labels=soft_labels, width=config.gan.width,
+      n_critic=n_critic, phase=phase, checkpoint_every=config.gan.checkpoint_every_steps,
+      log_every=config.gan.log_every_steps)
+
+
+def _private_softmax(target, images, private_classes, *, mesh, batch_size):
+  """The target's softmax over the private classes on each image (KEDMI's soft labels)."""
+  classes = jnp.asarray(private_classes)
+  fn = jax.jit(lambda x: jax.nn.softmax(target(gan.to_unit(x))[:, classes], -1))
+  return apply_in_batches(fn, (images,), batch_size=batch_size, mesh=mesh)
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+def run_attack(name, config, *, target, gans, mesh, key, writer):
+  """One attack on every private class → :class:`mi_jax.attacks.latent.AttackResult`."""
+  classes = tuple(config.private_classes)
+  latent_dim = config.gan.latent_dim
+  if name == 'gmi':
+    g = gans['gmi']
+    block = config.gmi
+    return gmi.gmi_attack(
+        target=target, generator=gan.generator_fn(g.generator_graphdef, g.generator_state),
+        discriminator=gan.discriminator_fn(g.discriminator_graphdef, g.discriminator_state), classes=classes,
+        latent_dim=latent_dim, mesh=mesh, key=key, attacks_per_class=block.attacks_per_class,
+        iterations=block.iterations, learning_rate=block.learning_rate, momentum=block.momentum, lam=block.lam,
+        clip=block.clip, writer=writer)
+  if name == 'kedmi':
+    g = gans['kedmi']
+    block = config.kedmi
+    return kedmi.kedmi_attack(
+        target=target, generator=gan.generator_fn(g.generator_graphdef, g.generator_state),
+        discriminator=gan.discriminator_fn(g.discriminator_graphdef, g.discriminator_state), classes=classes,
+        latent_dim=latent_dim, mesh=mesh, key=key, attacks_per_class=block.attacks_per_class,
+        iterations=block.iterations, learning_rate=block.learning_rate, lam=block.lam, clip=block.clip,
+        init_log_var=block.init_log_var, writer=writer)
+  if name == 'ppa':
+    g = gans['ppa']
+    block = config.ppa
+    spec = ppa.TransformSpec(scale=tuple(block.transform_scale), ratio=tuple(block.transform_ratio),
+                             rotation_degrees=block.transform_rotation, flip_prob=block.transform_flip)
+    return ppa.ppa_attack(
+        target=target, generator=gan.generator_fn(g.generator_graphdef, g.generator_state), classes=classes,
+        latent_dim=latent_dim, generator_classes=len(config.public_classes), mesh=mesh, key=key,
+        candidates=block.candidates, initial_candidates=block.initial_candidates, final=block.final,
+        iterations=block.iterations, learning_rate=block.learning_rate, clip=block.clip,
+        selection_transforms=block.selection_transforms, transform=spec, writer=writer)
+  raise ValueError(f"attack must be one of {ATTACKS}, got {name!r}")
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def load_judge(config, workdir, mesh):
+  """(judge, None): the evaluation classifier of :mod:`mi_jax.judge`, trained on first use."""
+  from mi_jax.judge import load_or_train_judge
+  root = config.evaluation.get('judge_dir') or os.path.join(workdir, 'judge')
+  return load_or_train_judge(config.dataset, root=root, scale=config.evaluation.judge_scale, mesh=mesh,
+                             seed=config.seed, data_dir=config.data.dir), None
+
+
+def evaluate(reconstructions, labels, private_images, private_labels, *, judge, judge_note, config, mesh,
+             cache: dict) -> dict:
+  """Attack accuracy top-1/top-5, KNN distance and FID (None with a note when unavailable).
+
+  ``cache`` keeps the private set's judge and Inception features across the
+  rows of one run (they do not depend on the defense or the attack).
+  """
+  private = private_images.astype(np.float32) / 255.0
+  out = {'attack_top1': None, 'attack_top5': None, 'knn_distance': None, 'fid': None,
+         'judge': None, 'judge_test_accuracy': None}
+  if judge is None:
+    out['evaluation_note'] = judge_note
+  else:
+    from mi_jax.metrics.attack_success import attack_accuracy, knn_distance
+    if 'judge_features' not in cache:
+      cache['judge_features'] = np.asarray(judge.features(private))
+    top1, top5 = attack_accuracy(np.asarray(judge.logits(reconstructions)), labels)
+    out.update(attack_top1=float(top1), attack_top5=float(top5),
+               knn_distance=float(knn_distance(np.asarray(judge.features(reconstructions)), labels,
+                                               cache['judge_features'], private_labels)),
+               judge=judge.name, judge_test_accuracy=float(judge.test_accuracy))
+  if not config.evaluation.fid:
+    out['fid_note'] = 'disabled (evaluation.fid=False)'
+    return out
+  from mi_jax.metrics import fid as fid_lib
+  from mi_jax.weights import WeightsUnavailableError
+  try:
+    if 'inception_private' not in cache:
+      limit = config.evaluation.fid_private_limit
+      reference = private if limit is None or limit >= len(private) else private[
+          mi_data.stratified_subsample(private_labels, limit, seed=config.seed, salt=14,
+                                       field='evaluation.fid_private_limit')]
+      cache['inception_private'] = fid_lib.inception_features(
+          reference, batch_size=config.evaluation.fid_batch_size, mesh=mesh)
+    recon_features = fid_lib.inception_features(reconstructions, batch_size=config.evaluation.fid_batch_size,
+                                                mesh=mesh)
+    out['fid'] = float(fid_lib.fid_from_features(cache['inception_private'], recon_features))
+    out['fid_n'] = [int(len(cache['inception_private'])), int(len(recon_features))]
+  except WeightsUnavailableError as error:
+    out['fid_note'] = f"InceptionV3 weights unavailable: {error}"
+  return out
+
+
+# --------------------------------------------------------------------------- run
+
+
+def _figure(result, figure_attacks: int, classes) -> dict:
+  """The first ``figure_attacks`` reconstructions of each class, class-major."""
+  rows = [np.flatnonzero(result.labels == c)[:figure_attacks] for c in classes]
+  return {'reconstructions': result.images[np.concatenate(rows)]}
+
+
+def _attack_key(config, defense_index: int, attack: str):
+  return jax.random.fold_in(jax.random.key(config.seed + 101), 10 * defense_index + ATTACKS.index(attack))
+
+
+def run(config, workdir: str, *, mesh=None) -> list[dict]:
+  """Trains the GANs and targets, runs every defense × attack, writes the results."""
+  mesh = mesh if mesh is not None else mi_data.make_data_mesh()
+  validate_config(config, num_devices=mesh.devices.size)
+  results_path = os.path.join(workdir, 'results.json')
+  if os.path.exists(results_path):
+    raise FileExistsError(f"{results_path} exists: this workdir holds a finished run; choose a new --workdir")
+  os.makedirs(workdir, exist_ok=True)
+  config_path = os.path.join(workdir, 'config.json')
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      if json.load(f) != _to_json(config):
+        raise FileExistsError(f"{workdir} was started with a different config; resume with the same config "
+                              "or choose a new --workdir")
+  elif jax.process_index() == 0:
+    results_io.write_json_atomic(config_path, _to_json(config), overwrite=True)
+  split, public_images, public_labels = load_protocol(config)
+  judge, judge_note = load_judge(config, workdir, mesh)
+  gans = {}
+  if 'gmi' in config.attacks:
+    gans['gmi'] = _train_gan(config, os.path.join(workdir, 'gans', 'gmi'), images=public_images, mesh=mesh,
+                             epochs=config.gmi.gan_epochs, loss=config.gmi.gan_loss, n_critic=config.gmi.n_critic,
+                             phase='gan_gmi')
+  if 'ppa' in config.attacks:
+    gans['ppa'] = _train_gan(config, os.path.join(workdir, 'gans', 'ppa'), images=public_images,
+                             labels=public_labels, conditional=True, mesh=mesh, epochs=config.ppa.gan_epochs,
+                             loss=config.ppa.gan_loss, phase='gan_ppa')
+  classes = tuple(config.private_classes)
+  originals = np.stack([split.private_images[np.flatnonzero(split.private_labels == c)[0]] for c in classes])
+  originals = np.repeat(originals, config.evaluation.figure_attacks, axis=0).astype(np.float32) / 255.0
+  rows, figures, cache = [], [], {}
+  for d_index, defense in enumerate(config.defenses):
+    point = _point_config(config, defense)
+    point_dir = os.path.join(workdir, 'points', defense)
+    os.makedirs(point_dir, exist_ok=True)
+    writer = MetricWriter(point_dir)
+    print(f"=== defense {d_index + 1}/{len(config.defenses)}: {defense}", flush=True)
+    started = time.perf_counter()
+    graphdef, state, extras = experiment.train_target(point, split, mesh=mesh, workdir=point_dir, writer=writer)
+    natural = experiment.accuracy(graphdef, state, split.heldout_images, split.heldout_labels,
+                                  batch_size=config.attack.batch_size, mesh=mesh)
+    target = attack_target_fn(point, defense, graphdef, state, tuple(split.private_images.shape[1:]))
+    target_seconds = time.perf_counter() - started
+    for attack in config.attacks:
+      attack_dir = os.path.join(point_dir, attack)
+      row_path, figure_path = os.path.join(attack_dir, 'row.json'), os.path.join(attack_dir, 'figure.npz')
+      if os.path.exists(row_path) and os.path.exists(figure_path):
+        with open(row_path) as f:
+          row = json.load(f)
+        with np.load(figure_path) as saved:
+          figure = dict(saved)
+        print(f"    {attack}: already done ({row_path})", flush=True)
+      else:
+        os.makedirs(attack_dir, exist_ok=True)
+        attack_started = time.perf_counter()
+        if attack == 'kedmi':
+          soft = _private_softmax(target, public_images, classes, mesh=mesh, batch_size=config.gan.batch_size)
+          gans['kedmi'] = _train_gan(config, os.path.join(point_dir, 'gans', 'kedmi'), images=public_images,
+                                     soft_labels=soft, mesh=mesh, epochs=config.kedmi.gan_epochs, loss='kedmi',
+                                     n_critic=config.kedmi.n_critic, phase='gan_kedmi')
+        # The attacks address private classes by their target logit index.
+        result = run_attack(attack, config, target=target, gans=gans, mesh=mesh,
+                            key=_attack_key(config, d_index, attack), writer=MetricWriter(attack_dir))
+        metrics = evaluate(result.images, result.labels, split.private_images, split.private_labels,
+                           judge=judge, judge_note=judge_note, config=config, mesh=mesh, cache=cache)
+        row = {
+            'dataset': config.dataset, 'defense': defense, 'lam': sweep.get_knob(point, defense),
+            'knob': sweep.knob_symbol(defense), 'attack': attack, 'seed': config.seed, 'accuracy': natural,
+            **metrics, 'target_accuracy_on_reconstructions': float(np.mean(
+                np.argmax(np.asarray(jax.jit(target)(jnp.asarray(result.images))), -1) == result.labels)),
+            'n_reconstructions': int(len(result.labels)), 'iterations': int(config[attack].iterations),
+            'attack_grad': config.attack_grad if defense in ('sparse-standard', 'sparse-guard') else None,
+            'n_private': int(len(split.private_labels)), 'n_public': int(len(public_labels)),
+            'config_hash': results_io.config_hash(_to_json(point)), 'code_version': results_io.code_version(),
+            **extras, 'seconds': round(time.perf_counter() - attack_started + target_seconds, 1),
+        }
+        figure = _figure(result, config.evaluation.figure_attacks, classes)
+        if jax.process_index() == 0:
+          _write_npz_atomic(figure_path, figure)
+          results_io.write_json_atomic(row_path, row, overwrite=True)
+        writer.write(f'result_{attack}', 0, {k: v for k, v in row.items() if isinstance(v, (int, float))})
+      rows.append(row)
+      figures.append((row, figure))
+      print(f"    {attack}: accuracy {row['accuracy']:.4f}  attack top-1 {_fmt(row['attack_top1'], 3)}"
+            f"  top-5 {_fmt(row['attack_top5'], 3)}  KNN {_fmt(row['knn_distance'], 2)}  FID {_fmt(row['fid'], 1)}"
+            f"  (target on reconstructions {row['target_accuracy_on_reconstructions']:.3f})", flush=True)
+  if jax.process_index() == 0:
+    _write_outputs(rows, figures, originals, workdir)
+  return rows
+
+
+def _fmt(value, decimals: int) -> str:
+  if value is None:
+    return '—'
+  return 'NaN' if isinstance(value, float) and math.isnan(value) else f"{value:.{decimals}f}"
+
+
+def results_markdown(rows) -> str:
+  """One table: a row per defense × attack (arrows: which way a better defense moves the number)."""
+  lines = [
+      f"### GAN-prior attacks — {rows[0]['dataset']} (private digits attacked with public-digit GANs)",
+      '',
+      '| Defense | Attack | Acc ↑ (%) | AttAcc top-1 ↓ (%) | AttAcc top-5 ↓ (%) | KNN dist ↑ | FID ↑ | Judge (test acc) |',
+      '| :--- | :--- | ---: | ---: | ---: | ---: | ---: | :--- |',
+  ]
+  pct = lambda v: _fmt(None if v is None else 100.0 * v, 2)
+  notes = []
+  for r in rows:
+    judge = '—' if r.get('judge') is None else f"{r['judge']} ({100.0 * r['judge_test_accuracy']:.2f}%)"
+    lines.append('| ' + ' | '.join([
+        results_io.defense_label(r['defense'], r['lam'], r.get('knob', 'λ')).replace('|', r'\|'),
+        ATTACK_TITLES[r['attack']], pct(r['accuracy']), pct(r['attack_top1']), pct(r['attack_top5']),
+        _fmt(r['knn_distance'], 2), _fmt(r['fid'], 2), judge]) + ' |')
+    for key in ('evaluation_note', 'fid_note'):
+      if r.get(key) and r[key] not in notes:
+        notes.append(r[key])
+  if notes:
+    lines += [''] + [f"Note: {n}" for n in notes]
+  return '\n'.join(lines) + '\n'
+
+
+def _write_npz_atomic(path, arrays) -> None:
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, **arrays)
+  results_io.write_bytes_atomic(path, buffer.getvalue(), overwrite=True)
+
+
+def _write_outputs(rows, figures, originals, workdir) -> None:
+  """results.md, one grid per attack, then results.json last (its presence marks the run finished)."""
+  results_io.write_text_atomic(os.path.join(workdir, 'results.md'), results_markdown(rows), overwrite=True)
+  for attack in dict.fromkeys(r['attack'] for r in rows):
+    by_defense = {results_io.defense_label(row['defense'], row['lam'], row.get('knob', 'λ')): figure['reconstructions']
+                  for row, figure in figures if row['attack'] == attack}
+    reconstruction_grid(originals, by_defense, os.path.join(workdir, f"reconstructions_{attack}.png"), overwrite=True)
+  results_io.write_json_atomic(os.path.join(workdir, 'results.json'), rows)

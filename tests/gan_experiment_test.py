@@ -1,0 +1,134 @@
+"""The GAN-attack experiment end to end on synthetic digits (tiny config)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mi_jax import gan_experiment
+from tests.helpers import load_config, mesh_of, synthetic_digits
+
+CONFIG = 'configs/gan_attacks_mnist.py'
+
+
+@pytest.fixture
+def synthetic_data(monkeypatch):
+  sets = {'train': synthetic_digits(240, seed=0), 'test': synthetic_digits(80, seed=1)}
+  monkeypatch.setattr(gan_experiment.mi_data, 'load', lambda name, split, **k: sets[split])
+
+
+def _config(**overrides):
+  config = load_config('tiny', CONFIG)
+  config.unlock()
+  config.defenses = ('no-defense',)
+  config.evaluation.fid = False
+  config.data.private_limit = 32
+  config.data.public_limit = 64
+  config.data.test_limit = 32
+  for key, value in overrides.items():
+    target = config
+    *path, last = key.split('.')
+    for part in path:
+      target = target[part]
+    target[last] = value
+  return config.lock()
+
+
+def _check_rows(rows, tmp_path, attacks, defenses):
+  assert [(r['defense'], r['attack']) for r in rows] == [(d, a) for d in defenses for a in attacks]
+  saved = json.loads((tmp_path / 'results.json').read_text())
+  assert saved == rows
+  for row in rows:
+    assert 0.0 <= row['accuracy'] <= 1.0 and row['n_private'] == 32 and row['n_public'] == 64
+    assert row['fid'] is None and 'disabled' in row['fid_note']
+    assert 0.0 <= row['attack_top1'] <= row['attack_top5'] <= 1.0 and row['knn_distance'] >= 0
+    assert row['judge'] == 'evaluation_cnn_mnist_tiny'
+    assert row['n_reconstructions'] == 5 * 2  # 5 classes × 2 (tiny: attacks_per_class, ppa.final)
+  table = (tmp_path / 'results.md').read_text()
+  for attack in attacks:
+    assert f"| no-defense | {gan_experiment.ATTACK_TITLES[attack]} |" in table
+    assert (tmp_path / f'reconstructions_{attack}.png').stat().st_size > 0
+
+
+def test_tiny_run_writes_rows_table_and_grid_and_resumes(tmp_path, synthetic_data):
+  """KEDMI: the path with the most moving parts (target → soft labels → its GAN → attack)."""
+  rows = gan_experiment.run(_config(attacks=('kedmi',)), str(tmp_path), mesh=mesh_of(2))
+  _check_rows(rows, tmp_path, ('kedmi',), ('no-defense',))
+  with pytest.raises(FileExistsError, match='finished run'):
+    gan_experiment.run(_config(attacks=('kedmi',)), str(tmp_path), mesh=mesh_of(2))
+  # Resume: finished (defense, attack) rows are read back, not recomputed.
+  (tmp_path / 'results.json').unlink()
+  monkeypatch = pytest.MonkeyPatch()
+  with monkeypatch.context() as patch:
+    patch.setattr(gan_experiment, 'run_attack', lambda *a, **k: pytest.fail('attack was rerun'))
+    again = gan_experiment.run(_config(attacks=('kedmi',)), str(tmp_path), mesh=mesh_of(2))
+  assert again == rows
+
+
+@pytest.mark.slow
+def test_every_attack_against_two_defenses(tmp_path, synthetic_data):
+  rows = gan_experiment.run(_config(defenses=('no-defense', 'sparse-guard')), str(tmp_path), mesh=mesh_of(2))
+  _check_rows(rows, tmp_path, ('gmi', 'kedmi', 'ppa'), ('no-defense', 'sparse-guard'))
+
+
+@pytest.mark.parametrize('override,message', [
+    ({'public_classes': (4, 5)}, 'must not overlap'),
+    ({'attacks': ('gmi', 'vmi')}, 'attacks must be'),
+    ({'ppa.final': 9}, 'ppa needs'),
+    ({'gmi.gan_loss': 'kedmi'}, 'gmi.gan_loss'),
+    ({'defenses': ('no-defense', 'nope')}, 'defense.name'),
+])
+def test_bad_config_fails_with_one_line_and_writes_nothing(tmp_path, override, message):
+  with pytest.raises(gan_experiment.ConfigError, match=message) as error:
+    gan_experiment.run(_config(**override), str(tmp_path / 'run'), mesh=mesh_of(2))
+  assert '\n' not in str(error.value)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_protocol_has_no_class_overlap(synthetic_data):
+  split, public_images, public_labels = gan_experiment.load_protocol(_config())
+  assert set(np.unique(split.private_labels)) <= {0, 1, 2, 3, 4}
+  assert set(np.unique(split.heldout_labels)) <= {0, 1, 2, 3, 4}
+  assert set(np.unique(public_labels)) <= {0, 1, 2, 3, 4}  # digits 5–9 remapped for the conditional GAN
+  assert len(public_images) == 64 and len(split.private_labels) == 32
+
+
+def test_white_box_attacker_differentiates_through_forward_only_sparse_layers():
+  """A target trained with defense.grad='stop' has zero input gradient; the attacker's graph does not."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from mi_jax import defenses
+  from mi_jax.train.state import split_model
+
+  # A small λ so the untrained sparse layers' codes are not all zero (no gradient at all).
+  config = _config(defenses=('sparse-guard',), **{'defense.lam': 0.01, 'defense.n_steps': 20})
+  point = gan_experiment._point_config(config, 'sparse-guard')
+  assert point.defense.grad == 'stop' and config.attack_grad == 'unroll'
+  graphdef, params, model_state = split_model(defenses.build_target(point, (28, 28, 1), 10, rngs=nnx.Rngs(0)))
+  state = {'params': params, 'model_state': model_state}
+  trained = gan_experiment.latent.target_logits_fn(graphdef, state)
+  attacked = gan_experiment.attack_target_fn(point, 'sparse-guard', graphdef, state, (28, 28, 1))
+  x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1))
+  np.testing.assert_allclose(attacked(x), trained(x), rtol=1e-5, atol=1e-5)
+  loss = lambda f: jax.grad(lambda x: f(x)[:, 0].sum())(x)
+  assert float(jnp.abs(loss(trained)).max()) == 0.0
+  assert float(jnp.abs(loss(attacked)).max()) > 0.0
+
+
+def test_evaluate_uses_the_judge_and_the_shared_metrics():
+  """Wiring of attack accuracy and KNN distance through a (stand-in) judge; FID off."""
+  import types
+  w = np.random.default_rng(0).normal(size=(28 * 28, 10))
+  judge = types.SimpleNamespace(
+      name='stand-in', test_accuracy=0.5,
+      logits=lambda x: np.asarray(x).reshape(len(x), -1) @ w,
+      features=lambda x: np.asarray(x).reshape(len(x), -1)[:, :16])
+  private, labels = synthetic_digits(20, seed=3)
+  recon = private[:6].astype(np.float32) / 255.0
+  predicted = np.argmax(judge.logits(recon), -1)
+  out = gan_experiment.evaluate(recon, predicted, private, labels, judge=judge, judge_note=None,
+                                config=_config(), mesh=mesh_of(2), cache={})
+  assert out['attack_top1'] == 1.0 and out['attack_top5'] == 1.0
+  assert out['judge'] == 'stand-in' and out['judge_test_accuracy'] == 0.5 and out['fid'] is None
+  assert out['knn_distance'] >= 0.0
