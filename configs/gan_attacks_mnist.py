@@ -9,7 +9,7 @@ inverts every private class; one results row per defense × attack.
 
 Commands (from the repository root):
 
-  # Default: small, no-defense vs Sparse-Guard, all three attacks (≈10 min on 2 CPU cores).
+  # Default: small, no-defense vs MID, all three attacks (≈10 min on 2 CPU cores).
   python -m experiments.gan_attacks --config=configs/gan_attacks_mnist.py:small \
       --workdir=results/gan_attacks_small
 

@@ -20,7 +20,9 @@ def test_every_name_is_registered_builds_and_validates():
       assert {'first', 'hidden', 'classifier'} <= set(params)
       assert ('mid' in params) == (name == 'mid')
   assert set(NEW) <= set(defenses.DEFENSES)
-  assert defenses.RECIPES == {} and isinstance(defenses.RECIPES, dict)
+  # Defenses with their own training recipe; every recipe name is selectable.
+  assert set(defenses.RECIPES) == {'dp-sgd', 'transfer-learning', 'gan-augmentation', 'gan-opt'}
+  assert set(defenses.RECIPES) <= set(defenses.DEFENSES) and all(map(callable, defenses.RECIPES.values()))
 
 
 def test_extra_loss_only_for_loss_defenses():
@@ -32,12 +34,14 @@ def test_extra_loss_only_for_loss_defenses():
 
 def test_config_blocks_are_lockable_and_named_for_the_sweep_knobs():
   blocks = defenses.config_blocks()
-  assert set(blocks) == {'gaussian_noise', 'laplace_noise', 'nopeek', 'mid', 'bido'}
+  assert set(blocks) == {'gaussian_noise', 'laplace_noise', 'nopeek', 'mid', 'bido', 'dp_sgd', 'transfer',
+                         'gan_augmentation', 'gan_opt'}
   assert all(isinstance(b, config_dict.ConfigDict) for b in blocks.values())
   # Fields the sweep's knobs (mi_jax.utils.sweep.KNOBS) point at.
   assert blocks['gaussian_noise'].sigma == 0.5 and blocks['laplace_noise'].scale == 0.5
   assert blocks['nopeek'].weight == 0.1 and blocks['mid'].beta == 3e-3
   assert blocks['bido'].lambda_x == 0.05 and blocks['bido'].lambda_y == 0.5
+  assert blocks['dp_sgd'].noise_multiplier == 1.1 and blocks['transfer'].freeze_depth == 2
   config = defense_config('mid')
   config.lock()
   config.defense.mid.beta = 1e-2  # overridable from the command line
