@@ -446,5 +446,6 @@ def _tradeoff_table(rows: list[dict]) -> str:
         defense_label(e['defense'], e['lam'], e['knob']).replace('|', r'\|'),
         SETTING_TITLES[e['setting']],
         _format_number(e['delta_accuracy_pp'], 2), _format_number(e['delta_psnr'], 2),
-        _format_number(e['delta_ssim'], 3), _format_number(e['psnr_per_accuracy'], 3), notes]) + ' |')
+        _format_number(e['delta_ssim'], 3), _format_number(e['psnr_per_accuracy'], 3),
+        notes.replace('|', r'\|')]) + ' |')
   return '\n'.join(lines)

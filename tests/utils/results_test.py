@@ -249,6 +249,8 @@ def test_tradeoff_rows_against_no_defense_with_notes_and_knobs():
   text = results.results_markdown(rows)
   assert '| dp-sgd (z=1.1) | End-to-end | -10.00 | -5.00 | -0.250 | 0.500 | ε=3.25, δ=1e-05 |' in text
   assert 'mid | Split' not in text
+  tl = results.results_markdown([_row(), _row(defense='transfer-learning', theta_c=2570, theta_t=269322)])
+  assert r'| \|θ_C\|=2,570, \|θ_T\|=269,322 |' in tl  # pipes escaped: the table keeps its columns
 
 
 def test_markdown_labels_and_rejects():
