@@ -121,7 +121,7 @@ def get_config(arg: str = 'small'):
   c.ppa.transform_flip = 0.0  # a flipped digit can be another digit
 
   c.evaluation = config_dict.ConfigDict()
-  c.evaluation.judge_scale = scale  # mi_jax.evaluation.judge's scale
+  c.evaluation.judge_scale = scale  # mi_jax.judge's scale
   # Where judges are trained/cached; None: <workdir>/judge. Point several runs at one folder to share it.
   c.evaluation.judge_dir = config_dict.placeholder(str)
   c.evaluation.fid = True

@@ -21,6 +21,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+def to_unit_float(images: jax.Array) -> jax.Array:
+  """uint8 [0, 255] → float32 [0, 1]; float input is taken to be in [0, 1] already."""
+  if jnp.issubdtype(images.dtype, jnp.integer):
+    return images.astype(jnp.float32) / 255.0
+  return images.astype(jnp.float32)
+
+
 class EvaluationCNN(nnx.Module):
 
   def __init__(self, *, image_shape=(28, 28, 1), num_classes: int = 10, width: int = 32,
@@ -35,10 +42,7 @@ class EvaluationCNN(nnx.Module):
 
   def features(self, images: jax.Array) -> jax.Array:
     """φ(x): the penultimate features. images: uint8 [0, 255] or float [0, 1] NHWC."""
-    x = images.astype(jnp.float32)
-    if jnp.issubdtype(images.dtype, jnp.integer):
-      x = x / 255.0
-    x = x - 0.5  # centred inputs; no dataset statistics, so any image set is judged alike
+    x = to_unit_float(images) - 0.5  # centred inputs; no dataset statistics, so any image set is judged alike
     for block in (self.block1, self.block2):
       for layer in block:
         x = jax.nn.relu(layer(x))
