@@ -159,7 +159,9 @@ def get_config(arg: str = 'small'):
   # Attack accuracy (top-1/top-5) and KNN distance by an evaluation
   # classifier that is not the target (mi_jax.judge; fidelity.md #7), trained
   # once per run on the dataset's official train split: its budget
-  # ('tiny' | 'small' | 'paper'), or None to skip these metrics.
+  # ('tiny' | 'small' | 'paper'), or None to skip these metrics. A placeholder
+  # with a value, so that --config.metrics.judge_scale=None reaches None.
+  c.metrics.judge_scale = config_dict.placeholder(str)
   c.metrics.judge_scale = 'paper'
 
   c.sweep = config_dict.ConfigDict()

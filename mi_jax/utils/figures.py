@@ -1,4 +1,5 @@
-"""Reconstruction grids in the style of SG Fig. 3: private images, then each defense's reconstructions.
+"""Reconstruction grids in the style of SG Fig. 3 (private images, then each
+defense's reconstructions) and the accuracy / attack-quality Pareto plot.
 
 Rendered with matplotlib's Agg canvas directly (no pyplot: no global figure
 state, no display backend needed) and written atomically.
@@ -7,6 +8,7 @@ state, no display backend needed) and written atomically.
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -14,7 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mi_jax.utils.results import PathLike, write_bytes_atomic
+from mi_jax.utils.results import (SETTING_TITLES, SETTINGS, PathLike, defense_label, pareto_front,
+                                  seed_stats, write_bytes_atomic)
 
 # As in mi_jax.metrics.image_quality: float rounding may leave [0, 1] by this much.
 RANGE_TOLERANCE = 1e-3
@@ -163,54 +166,91 @@ def reconstruction_grid(
   return write_bytes_atomic(path, png, overwrite=overwrite)
 
 
-def tradeoff_series(rows, *, setting: str, metric: str = 'psnr') -> dict[str, list[tuple[float, float]]]:
-  """defense → [(accuracy %, attack metric)] for one setting, sorted by the knob value.
+def tradeoff_points(rows, *, setting: str, metric: str = 'psnr') -> list[dict]:
+  """One point per (defense, knob value) of ``setting``: its seed means, sds and Pareto status.
 
-  No-defense is its own one-point series. Several seeds of one point are
-  averaged.
+  Each point: defense, lam, label, accuracy (%), accuracy_sd, value (the
+  attack ``metric``), value_sd and front. Means and sds come from
+  :func:`mi_jax.utils.results.seed_stats` (sample std over several seeds, or
+  a row's ``<key>_sd``; None when neither). ``front``: no other point of the
+  setting has accuracy ≥ and ``metric`` ≤ with one strict
+  (:func:`mi_jax.utils.results.pareto_front`). Order: no-defense first, then
+  by defense name and knob value.
   """
-  points: dict[tuple[str, object], list] = {}
+  groups: dict[tuple[str, object], list] = {}
   for row in rows:
     if row['setting'] == setting:
-      points.setdefault((row['defense'], row['lam']), []).append(row)
-  series: dict[str, list] = {}
-  for (defense, lam), members in sorted(points.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0.0)):
-    acc = 100.0 * float(np.mean([m['accuracy'] for m in members]))
-    value = float(np.mean([m[metric] for m in members]))
-    series.setdefault(defense, []).append((acc, value))
-  return series
+      groups.setdefault((row['defense'], row['lam']), []).append(row)
+  order = sorted(groups, key=lambda k: (k[0] != 'no-defense', k[0], k[1] is not None, k[1] or 0.0))
+  points = []
+  for defense, lam in order:
+    members = groups[(defense, lam)]
+    accuracy, accuracy_sd = seed_stats(members, 'accuracy', scale=100.0)
+    value, value_sd = seed_stats(members, metric) or (math.nan, None)
+    points.append({'defense': defense, 'lam': lam,
+                   'label': defense_label(defense, lam, members[0].get('knob', 'λ')),
+                   'accuracy': accuracy, 'accuracy_sd': accuracy_sd, 'value': value,
+                   'value_sd': value_sd})
+  for point, front in zip(points, pareto_front([(p['accuracy'], p['value']) for p in points])):
+    point['front'] = front
+  return points
 
 
-def tradeoff_figure(rows, path: PathLike, *, metric: str = 'psnr', overwrite: bool = False,
-                    dpi: int = 100) -> Path:
-  """TL-style trade-off plot: the attack metric against natural accuracy.
-
-  One panel per setting present; one line per defense through its knob
-  values (λ, noise scale, …), no-defense as a star. Lower PSNR/SSIM at
-  higher accuracy (the bottom right) is the better defense.
-  """
-  path = Path(path)
-  if path.exists() and not overwrite:
-    raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-  settings = [s for s in ('end_to_end', 'split') if any(r['setting'] == s for r in rows)]
+def tradeoff_plot(rows, *, metric: str = 'psnr') -> Figure:
+  """The Pareto plot of :func:`tradeoff_figure`, as a matplotlib Figure (Agg canvas)."""
+  settings = [s for s in SETTINGS if any(r['setting'] == s for r in rows)]
   if not settings:
-    raise ValueError("tradeoff_figure needs at least one row with a setting, got none")
+    raise ValueError(f"tradeoff_figure needs rows with a setting in {SETTINGS}, got none")
   fig = Figure(figsize=(5.5 * len(settings), 4.5))
   FigureCanvasAgg(fig)
   for index, setting in enumerate(settings):
     ax = fig.add_subplot(1, len(settings), index + 1)
-    for defense, points in tradeoff_series(rows, setting=setting, metric=metric).items():
-      xs, ys = zip(*points)
-      if defense == 'no-defense':
-        ax.plot(xs, ys, '*', markersize=14, color='black', label=defense)
-      else:
-        ax.plot(xs, ys, 'o-', label=defense)
-    ax.set_xlabel('natural accuracy (%)')
+    # ±inf (sg_legacy averages) or NaN cannot be placed on the axes.
+    points = [p for p in tradeoff_points(rows, setting=setting, metric=metric)
+              if math.isfinite(p['accuracy']) and math.isfinite(p['value'])]
+    families = list(dict.fromkeys(p['defense'] for p in points if p['defense'] != 'no-defense'))
+    colours = {d: f"C{i % 10}" for i, d in enumerate(families)}
+    for point in points:
+      baseline = point['defense'] == 'no-defense'
+      ax.errorbar(point['accuracy'], point['value'], xerr=point['accuracy_sd'], yerr=point['value_sd'],
+                  fmt='*' if baseline else 'o', markersize=16 if baseline else 7, capsize=3,
+                  color='black' if baseline else colours[point['defense']], zorder=3,
+                  label='no-defense' if baseline else None)
+      ax.annotate(point['label'], (point['accuracy'], point['value']), textcoords='offset points',
+                  xytext=(6, 4), fontsize=7)
+    for defense in families:  # A faint line through each defense's knob values, in knob order.
+      sweep = [p for p in points if p['defense'] == defense]
+      ax.plot([p['accuracy'] for p in sweep], [p['value'] for p in sweep], '-',
+              color=colours[defense], alpha=0.3, label=defense)
+    front = sorted((p['accuracy'], p['value']) for p in points if p['front'])
+    if front:
+      # Staircase bounding the dominated region: between two front points of
+      # increasing accuracy, the next point's (higher) value holds.
+      xs, ys = zip(*front)
+      ax.plot(xs, ys, '--', drawstyle='steps-pre', color='grey', zorder=2, label='Pareto front')
+    ax.set_xlabel('natural accuracy (%) → better')
     ax.set_ylabel(f"attack {metric.upper()} (lower = better defense)")
-    ax.set_title(setting.replace('_', '-'))
+    ax.set_title(SETTING_TITLES[setting])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.tight_layout()
+  return fig
+
+
+def tradeoff_figure(rows, path: PathLike, *, metric: str = 'psnr', overwrite: bool = False,
+                    dpi: int = 100) -> Path:
+  """Writes the accuracy / attack-quality Pareto plot, one panel per setting present.
+
+  x = natural accuracy (%), y = the attack ``metric`` (PSNR by default;
+  lower is a better defense), one point per (defense, knob value) at its
+  seed means with ± sd error bars when known (:func:`tradeoff_points`),
+  no-defense as a black star, each defense's knob values joined by a faint
+  line, and the Pareto front as a dashed staircase: front points are those
+  no other point beats on both axes. Better defenses sit to the bottom right.
+  """
+  path = Path(path)
+  if path.exists() and not overwrite:
+    raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
   buffer = io.BytesIO()
-  fig.savefig(buffer, format='png', dpi=dpi, facecolor='white')
+  tradeoff_plot(rows, metric=metric).savefig(buffer, format='png', dpi=dpi, facecolor='white')
   return write_bytes_atomic(path, buffer.getvalue(), overwrite=overwrite)

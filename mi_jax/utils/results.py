@@ -27,7 +27,7 @@ import statistics
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 SETTINGS = ('end_to_end', 'split')
 PROTOCOLS = ('corrected', 'sg_legacy')
@@ -310,15 +310,30 @@ def _format_number(value: float, decimals: int) -> str:
   return f"{value:.{decimals}f}"
 
 
-def _format_cell(values: list[float], decimals: int, scale: float) -> str:
-  """Mean over seeds, '± sample std' when there are several."""
-  scaled = [v * scale for v in values]
-  mean = statistics.fmean(scaled) if all(math.isfinite(v) for v in scaled) else (
-      sum(scaled) / len(scaled))
-  text = _format_number(mean, decimals)
-  if len(scaled) > 1 and all(math.isfinite(v) for v in scaled):
-    text += f" ± {_format_number(statistics.stdev(scaled), decimals)}"
-  return text
+def seed_stats(group: Sequence[Mapping[str, Any]], key: str, *,
+               scale: float = 1.0) -> Optional[tuple[float, Optional[float]]]:
+  """(mean, sd) of ``scale`` · ``key`` over the rows of one cell (its seeds); None when no row has it.
+
+  Several rows: their mean and sample standard deviation (n − 1), the sd
+  only when every value is finite. One row: its value, with its
+  ``<key>_sd`` field as the sd when it carries a finite one (a row already
+  aggregated over seeds); no sd otherwise. Non-finite values average as
+  IEEE says (sg_legacy rows can carry −inf).
+  """
+  values = [scale * r[key] for r in group if _is_number(r.get(key))]
+  if not values:
+    return None
+  finite = all(math.isfinite(v) for v in values)
+  mean = statistics.fmean(values) if finite else sum(values) / len(values)
+  if len(values) > 1:
+    return mean, (statistics.stdev(values) if finite else None)
+  carried = next(r.get(f'{key}_sd') for r in group if _is_number(r.get(key)))
+  sd = scale * carried if _is_number(carried) and math.isfinite(carried) else None
+  return mean, sd
+
+
+def _format_cell(mean: float, sd: Optional[float], decimals: int) -> str:
+  return _format_number(mean, decimals) + ('' if sd is None else f" ± {_format_number(sd, decimals)}")
 
 
 def _table(dataset: str, protocol: str, rows: list[dict]) -> str:
@@ -332,6 +347,7 @@ def _table(dataset: str, protocol: str, rows: list[dict]) -> str:
   seeds = sorted({r['seed'] for r in rows})
   columns = METRIC_COLUMNS + tuple(
       c for c in OPTIONAL_METRIC_COLUMNS if any(_is_number(r.get(c[0])) for r in rows))
+  carries_sd = any(_is_number(r.get(f'{key}_sd')) for r in rows for key, _, _, _ in columns)
   header = ['Defense'] + [
       f"{SETTING_TITLES[s]} {title}" for s in settings for _, title, _, _ in columns]
   lines = [
@@ -339,7 +355,8 @@ def _table(dataset: str, protocol: str, rows: list[dict]) -> str:
       '',
       PROTOCOL_NOTES[protocol],
       f"Seeds: {', '.join(str(s) for s in seeds)}"
-      + ('; a cell with several shows mean ± sample std.' if len(seeds) > 1 else '.'),
+      + ('; a cell with several shows mean ± sample std.' if len(seeds) > 1 else '.')
+      + (' A cell whose row carries `<metric>_sd` shows mean ± that sd.' if carries_sd else ''),
       '',
       '| ' + ' | '.join(header) + ' |',
       '| ' + ' | '.join([':---'] + ['---:'] * (len(header) - 1)) + ' |',
@@ -350,8 +367,8 @@ def _table(dataset: str, protocol: str, rows: list[dict]) -> str:
     for s in settings:
       group = cells.get((defense, lam, s), [])
       for key, _, decimals, scale in columns:
-        values = [g[key] for g in group if _is_number(g.get(key))]
-        row_cells.append(_format_cell(values, decimals, scale) if values else '—')
+        stats = seed_stats(group, key, scale=scale)
+        row_cells.append('—' if stats is None else _format_cell(*stats, decimals))
     lines.append('| ' + ' | '.join(row_cells) + ' |')
   return '\n'.join(lines)
 
@@ -396,56 +413,175 @@ def _mean(values):
   return statistics.fmean(finite) if finite else math.nan
 
 
-def tradeoff_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
-  """Each defense's change against no-defense in the same (dataset, protocol, setting).
+def _seed_mean(group, key: str) -> Optional[float]:
+  stats = seed_stats(group, key)
+  return None if stats is None else stats[0]
 
-  ΔAcc = Acc − Acc₀ (percentage points) and ΔPSNR = PSNR − PSNR₀ (dB), ΔSSIM
-  likewise, over seed means; TL's summary ratio is reported as
-  ΔPSNR / ΔAcc: the dB of reconstruction quality removed per point of
-  accuracy lost (both negative for a defense that costs accuracy and hurts
-  the attack, so larger is better; undefined when ΔAcc = 0). Rows whose
-  group has no no-defense row are skipped.
+
+# Below a 1-point accuracy cost a ratio is mostly noise (one test image of
+# 10,000 is 0.01 pp) and it explodes as the cost goes to 0; such defenses get
+# a label instead of a number.
+MIN_ACCURACY_COST_PP = 1.0
+# Seed means of equal accuracies may differ in the last bits.
+_ZERO_PP = 1e-9
+
+# (row key, trade-off entry key, scale): Δ = scale · (defense − no-defense), seed means.
+DELTA_KEYS = (
+    ('accuracy', 'delta_accuracy_pp', 100.0),
+    ('psnr', 'delta_psnr', 1.0),
+    ('ssim', 'delta_ssim', 1.0),
+    ('attack_top1', 'delta_attack_top1_pp', 100.0),
+    ('knn_distance', 'delta_knn_distance', 1.0),
+)
+
+
+def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+  """Whether point ``a`` = (accuracy, attack quality) Pareto-dominates ``b``.
+
+  Higher accuracy and lower attack quality (PSNR: lower is a better defense)
+  are better: a_acc ≥ b_acc and a_att ≤ b_att, with at least one strict.
+  False whenever a coordinate is NaN.
   """
-  groups = collections.defaultdict(list)
+  return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
+def pareto_front(points: Sequence[Sequence[float]]) -> list[bool]:
+  """For each (accuracy, attack quality) point, whether no other point dominates it.
+
+  Equal points do not dominate each other, so both stay on the front. A point
+  with a NaN coordinate is not on the front (and dominates nothing).
+  """
+  return [not any(map(math.isnan, p)) and not any(dominates(q, p) for q in points)
+          for p in points]
+
+
+def removed_per_point(delta_attack: float, delta_accuracy_pp: float) -> Optional[float]:
+  """Attack quality removed per accuracy point lost: −Δattack / −ΔAcc.
+
+  Larger is better; negative when the attack got better. None (undefined)
+  unless the accuracy cost −ΔAcc is at least MIN_ACCURACY_COST_PP points.
+  """
+  cost = -delta_accuracy_pp
+  return -delta_attack / cost if cost >= MIN_ACCURACY_COST_PP - _ZERO_PP else None
+
+
+def tradeoff_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict]:
+  """Each defense against no-defense in the same (dataset, protocol, setting), over seed means.
+
+  Entry keys: the row's dataset, protocol, setting, defense, lam, knob; the
+  differences defense − no-defense ``delta_accuracy_pp`` (ΔAcc, percentage
+  points), ``delta_psnr`` (ΔPSNR, dB), ``delta_ssim``, and, when both sides
+  have them, ``delta_attack_top1_pp`` (ΔAttAcc, points) and
+  ``delta_knn_distance``; ``psnr_removed_per_pp`` = −ΔPSNR / −ΔAcc and (with
+  ΔAttAcc) ``attack_top1_removed_per_pp`` = −ΔAttAcc / −ΔAcc, None when the
+  accuracy cost is below MIN_ACCURACY_COST_PP (:func:`removed_per_point`);
+  ``pareto_front`` (no point of the setting, no-defense included, has
+  accuracy ≥ and PSNR ≤ with one strict: :func:`pareto_front`) and
+  ``dominated_by``, the label of a front point that dominates it (None on
+  the front). Notes (ε, δ, |θ_C|, …) are copied when the rows carry them.
+  Defenses whose setting has no no-defense row are skipped.
+  """
+  groups = collections.defaultdict(list)  # (dataset, protocol, setting, defense, lam) -> seeds
   for r in rows:
     groups[(r['dataset'], r['protocol'], r['setting'], r['defense'], r['lam'])].append(r)
+  points = {key: (_seed_mean(m, 'accuracy'), _seed_mean(m, 'psnr')) for key, m in groups.items()}
+  by_setting = collections.defaultdict(list)
+  for key in groups:
+    by_setting[key[:3]].append(key)
+  on_front = {}
+  for keys in by_setting.values():
+    on_front.update(zip(keys, pareto_front([points[k] for k in keys])))
+
+  def label(key):
+    return defense_label(key[3], key[4], groups[key][0].get('knob', 'λ'))
+
   out = []
-  for (dataset, protocol, setting, defense, lam), members in groups.items():
+  for key, members in groups.items():
+    dataset, protocol, setting, defense, lam = key
     baseline = groups.get((dataset, protocol, setting, 'no-defense', None))
     if defense == 'no-defense' or not baseline:
       continue
-    delta = {key: _mean([m[key] for m in members]) - _mean([b[key] for b in baseline])
-             for key in ('accuracy', 'psnr', 'ssim')}
-    d_acc = 100.0 * delta['accuracy']
+    dominators = [k for k in by_setting[key[:3]] if on_front[k] and dominates(points[k], points[key])]
     entry = {'dataset': dataset, 'protocol': protocol, 'setting': setting, 'defense': defense,
-             'lam': lam, 'knob': members[0].get('knob', 'λ'), 'delta_accuracy_pp': d_acc,
-             'delta_psnr': delta['psnr'], 'delta_ssim': delta['ssim'],
-             'psnr_per_accuracy': delta['psnr'] / d_acc if d_acc != 0 else math.nan}
-    for key, _, _ in NOTE_KEYS:
-      values = [m[key] for m in members if _is_number(m.get(key))]
+             'lam': lam, 'knob': members[0].get('knob', 'λ'), 'pareto_front': on_front[key],
+             'dominated_by': label(dominators[0]) if dominators else None}
+    for row_key, name, scale in DELTA_KEYS:
+      mine, base = _seed_mean(members, row_key), _seed_mean(baseline, row_key)
+      if mine is not None and base is not None:
+        entry[name] = scale * (mine - base)
+    d_acc = entry['delta_accuracy_pp']
+    entry['psnr_removed_per_pp'] = removed_per_point(entry['delta_psnr'], d_acc)
+    if 'delta_attack_top1_pp' in entry:
+      entry['attack_top1_removed_per_pp'] = removed_per_point(entry['delta_attack_top1_pp'], d_acc)
+    for note_key, _, _ in NOTE_KEYS:
+      values = [m[note_key] for m in members if _is_number(m.get(note_key))]
       if values:
-        entry[key] = values[0] if isinstance(values[0], int) else _mean(values)
+        entry[note_key] = values[0] if isinstance(values[0], int) else _mean(values)
     out.append(entry)
   return out
+
+
+def _per_point_cell(entry: Mapping, key: str) -> str:
+  if key not in entry:
+    return '—'
+  if entry[key] is not None:
+    return _format_number(entry[key], 2)
+  if entry['delta_accuracy_pp'] >= -_ZERO_PP:
+    return 'no accuracy cost'
+  return f"cost < {MIN_ACCURACY_COST_PP:g} pp"
+
+
+def _pareto_cell(entry: Mapping) -> str:
+  if entry['pareto_front']:
+    return 'front'
+  return f"dominated by {entry['dominated_by']}" if entry['dominated_by'] else '—'
+
+
+def _delta_cell(key: str, decimals: int):
+  return lambda e: _format_number(e[key], decimals) if key in e else '—'
+
+
+TRADEOFF_NOTE = (
+    f"How to read: Δ = defense − no-defense in the same setting (seed means). "
+    f"*removed / pp lost* is the attack quality a defense takes away (−ΔPSNR in dB, −ΔAttAcc "
+    f"in points) per accuracy point it costs (larger is better, negative if the attack "
+    f"improved), given only for a cost of at least {MIN_ACCURACY_COST_PP:g} pp: 'no accuracy "
+    f"cost' means ΔAcc ≥ 0, 'cost < {MIN_ACCURACY_COST_PP:g} pp' a cost too small for a stable "
+    f"ratio. *Pareto* 'front': no other point of the setting, no-defense included, has accuracy "
+    f"≥ and PSNR ≤ (one strictly); otherwise a front point that dominates it is named.")
 
 
 def _tradeoff_table(rows: list[dict]) -> str:
   entries = tradeoff_rows(rows)
   if not entries:
     return ''
+  has = lambda key: any(key in e for e in entries)
+  columns = [  # (header, alignment, cell)
+      ('Defense', ':---', lambda e: defense_label(e['defense'], e['lam'], e['knob'])),
+      ('Setting', ':---', lambda e: SETTING_TITLES[e['setting']]),
+      ('Pareto', ':---', _pareto_cell),
+      ('ΔAcc (pp)', '---:', _delta_cell('delta_accuracy_pp', 2)),
+      ('ΔPSNR (dB)', '---:', _delta_cell('delta_psnr', 2)),
+      ('ΔSSIM', '---:', _delta_cell('delta_ssim', 3)),
+  ]
+  if has('delta_attack_top1_pp'):
+    columns.append(('ΔAttAcc (pp)', '---:', _delta_cell('delta_attack_top1_pp', 1)))
+  if has('delta_knn_distance'):
+    columns.append(('ΔKNN', '---:', _delta_cell('delta_knn_distance', 1)))
+  columns.append(('dB removed / pp lost', '---:', lambda e: _per_point_cell(e, 'psnr_removed_per_pp')))
+  if has('attack_top1_removed_per_pp'):
+    columns.append(('AttAcc pp removed / pp lost', '---:',
+                    lambda e: _per_point_cell(e, 'attack_top1_removed_per_pp')))
+  columns.append(('Notes', ':---', lambda e: ', '.join(
+      f"{label}={fmt.format(e[key])}" for key, label, fmt in NOTE_KEYS if key in e)))
   lines = [
-      'Trade-off against no-defense (same setting; ΔAcc in points, ΔPSNR in dB; '
-      'ΔPSNR/ΔAcc = dB removed per accuracy point lost, larger is better):',
+      'Trade-off against no-defense (same setting, seed means; accuracy Δs in percentage points, '
+      'ΔPSNR in dB):',
       '',
-      '| Defense | Setting | ΔAcc (pp) | ΔPSNR (dB) | ΔSSIM | ΔPSNR/ΔAcc | Notes |',
-      '| :--- | :--- | ---: | ---: | ---: | ---: | :--- |',
+      '| ' + ' | '.join(header for header, _, _ in columns) + ' |',
+      '| ' + ' | '.join(align for _, align, _ in columns) + ' |',
   ]
   for e in entries:
-    notes = ', '.join(f"{label}={fmt.format(e[key])}" for key, label, fmt in NOTE_KEYS if key in e)
-    lines.append('| ' + ' | '.join([
-        defense_label(e['defense'], e['lam'], e['knob']).replace('|', r'\|'),
-        SETTING_TITLES[e['setting']],
-        _format_number(e['delta_accuracy_pp'], 2), _format_number(e['delta_psnr'], 2),
-        _format_number(e['delta_ssim'], 3), _format_number(e['psnr_per_accuracy'], 3),
-        notes.replace('|', r'\|')]) + ' |')
+    lines.append('| ' + ' | '.join(cell(e).replace('|', r'\|') for _, _, cell in columns) + ' |')
+  lines += ['', TRADEOFF_NOTE]
   return '\n'.join(lines)

@@ -85,19 +85,62 @@ def test_bad_input_raises_one_line_value_error(tmp_path, originals, recons, patt
   assert os.listdir(tmp_path) == []
 
 
-def _trow(defense, lam, setting, accuracy, psnr):
-  return {'defense': defense, 'lam': lam, 'setting': setting, 'accuracy': accuracy, 'psnr': psnr}
+def _trow(defense, lam, setting, accuracy, psnr, **extra):
+  return {'defense': defense, 'lam': lam, 'setting': setting, 'accuracy': accuracy, 'psnr': psnr,
+          **extra}
 
 
-def test_tradeoff_series_sorts_by_knob_and_averages_seeds():
-  rows = [_trow('no-defense', None, 'split', 0.9, 20.0),
-          _trow('sparse-guard', 0.5, 'split', 0.6, 14.0),
+def test_tradeoff_points_average_seeds_and_mark_the_pareto_front():
+  rows = [_trow('sparse-guard', 0.5, 'split', 0.6, 14.0),
+          _trow('no-defense', None, 'split', 0.9, 20.0),
           _trow('sparse-guard', 0.1, 'split', 0.8, 17.0),
-          _trow('sparse-guard', 0.1, 'split', 0.7, 15.0),
+          _trow('sparse-guard', 0.1, 'split', 0.7, 15.0),   # second seed of λ=0.1
+          _trow('noise', 1.0, 'split', 0.5, 16.0),          # dominated by sparse-guard λ=0.5
           _trow('sparse-guard', 0.1, 'end_to_end', 0.1, 1.0)]
-  series = figures.tradeoff_series(rows, setting='split')
-  assert series['no-defense'] == [(90.0, 20.0)]
-  assert series['sparse-guard'] == [(pytest.approx(75.0), 16.0), (60.0, 14.0)]
+  points = figures.tradeoff_points(rows, setting='split')
+  assert [p['label'] for p in points] == [
+      'no-defense', 'noise (λ=1)', 'sparse-guard (λ=0.1)', 'sparse-guard (λ=0.5)']
+  by_label = {p['label']: p for p in points}
+  sg = by_label['sparse-guard (λ=0.1)']
+  assert sg['accuracy'] == pytest.approx(75.0) and sg['value'] == pytest.approx(16.0)
+  # Sample std (n − 1) over the two seeds: |0.8 − 0.7| / √2 in percent, |17 − 15| / √2.
+  assert sg['accuracy_sd'] == pytest.approx(10.0 / np.sqrt(2)) and sg['value_sd'] == pytest.approx(np.sqrt(2))
+  assert by_label['no-defense']['accuracy_sd'] is None
+  assert {p['label']: p['front'] for p in points} == {
+      'no-defense': True, 'noise (λ=1)': False, 'sparse-guard (λ=0.1)': True, 'sparse-guard (λ=0.5)': True}
+
+
+def test_tradeoff_points_use_carried_sd_fields():
+  rows = [_trow('no-defense', None, 'split', 0.9, 20.0, accuracy_sd=0.01, psnr_sd=0.5)]
+  [point] = figures.tradeoff_points(rows, setting='split')
+  assert point['accuracy_sd'] == pytest.approx(1.0) and point['value_sd'] == 0.5
+
+
+def test_tradeoff_plot_draws_points_error_bars_and_front_per_setting():
+  rows = [_trow('no-defense', None, 'split', 0.9, 20.0),
+          _trow('sparse-guard', 0.25, 'split', 0.85, 10.0, accuracy_sd=0.01, psnr_sd=1.5),
+          _trow('noise', 1.0, 'split', 0.8, 12.0),
+          _trow('no-defense', None, 'end_to_end', 0.9, 18.0),
+          _trow('noise', 1.0, 'end_to_end', 0.95, 17.0)]   # better on both axes than no-defense
+  fig = figures.tradeoff_plot(rows)
+  end_to_end, split = fig.axes
+  assert (end_to_end.get_title(), split.get_title()) == ('End-to-end', 'Split')
+  bars = {tuple(c.lines[0].get_xydata()[0]): c for c in split.containers}
+  assert set(bars) == {(90.0, 20.0), (85.0, 10.0), (80.0, 12.0)}
+  assert bars[(85.0, 10.0)].has_xerr and bars[(85.0, 10.0)].has_yerr
+  assert not bars[(90.0, 20.0)].has_xerr and bars[(90.0, 20.0)].lines[0].get_marker() == '*'
+  [front] = [line for line in split.get_lines() if line.get_label() == 'Pareto front']
+  # Front points by accuracy: (85, 10) then (90, 20), as a staircase.
+  np.testing.assert_allclose(front.get_xydata(), [[85.0, 10.0], [90.0, 20.0]])
+  assert front.get_drawstyle() == 'steps-pre'
+  [front] = [line for line in end_to_end.get_lines() if line.get_label() == 'Pareto front']
+  np.testing.assert_allclose(front.get_xydata(), [[95.0, 17.0]])  # no-defense is dominated
+
+
+def test_tradeoff_plot_skips_points_it_cannot_place():
+  rows = [_trow('no-defense', None, 'split', 0.9, -np.inf), _trow('mid', 0.01, 'split', 0.8, 15.0)]
+  [ax] = figures.tradeoff_plot(rows).axes
+  assert [tuple(c.lines[0].get_xydata()[0]) for c in ax.containers] == [(80.0, 15.0)]
 
 
 def test_tradeoff_figure_writes_a_png_once(tmp_path):
@@ -108,3 +151,6 @@ def test_tradeoff_figure_writes_a_png_once(tmp_path):
   assert mpimg.imread(path).shape[1] > mpimg.imread(path).shape[0]  # two panels side by side
   with pytest.raises(FileExistsError):
     figures.tradeoff_figure(rows, path)
+  figures.tradeoff_figure(rows, path, overwrite=True)  # as mi_jax.experiment calls it
+  with pytest.raises(ValueError, match=r"tradeoff_figure needs rows with a setting in"):
+    figures.tradeoff_figure([], tmp_path / 'none.png')
