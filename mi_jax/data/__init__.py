@@ -4,9 +4,10 @@ Public API:
 
 * :func:`load` ``(name, split, *, data_dir=None) -> (images, labels)``:
   uint8 NHWC images and int64 labels of a registered dataset
-  (``'mnist'``, ``'fashion_mnist'``), from the prepared cache or, failing
-  that, the dataset's offline routes and then TensorFlow Datasets.
-  Prepare ahead with ``python -m mi_jax.data.prepare mnist fashion_mnist``.
+  (``'mnist'``, ``'fashion_mnist'``), from the prepared cache or, on first
+  use, prepared through the dataset's offline routes and then TensorFlow
+  Datasets (reported on stderr). Prepare ahead with
+  ``python -m mi_jax.data.prepare mnist fashion_mnist``.
 * :data:`DATASETS`, :class:`DatasetSpec`, :func:`register`: the registry.
 * :func:`sparse_guard_split`, :func:`load_sparse_guard`,
   :class:`ProtocolSplit`, :func:`stratified_subsample`: the 70/30 protocol.
@@ -28,7 +29,7 @@ from mi_jax.data.batching import (
     steps_per_epoch,
     to_global_array,
 )
-from mi_jax.data.cache import resolve_data_dir
+from mi_jax.data.cache import DataDirError, resolve_data_dir
 from mi_jax.data.idx import ChecksumError, parse_idx, read_idx
 from mi_jax.data.registry import (
     DATASETS,
@@ -53,6 +54,7 @@ __all__ = [
     'Batch',
     'ChecksumError',
     'DATASETS',
+    'DataDirError',
     'DataUnavailableError',
     'DatasetSpec',
     'Position',

@@ -2,8 +2,17 @@
 
 Layout under a data dir ``D``::
 
+    D/<dataset>/.mi_jax_cache     marker: mi_jax wrote this folder (written first)
     D/<dataset>/<split>.npz       arrays 'images' (uint8 NHWC), 'labels' (int64)
     D/<dataset>/manifest.json     per split: file, shapes, sha256 of each array
+    D/<dataset>/raw/              optional raw files the user puts there (read only)
+
+The data dir may be one the user named and holds other things: mi_jax
+replaces a file there only when it can tell it wrote it (the marker, or a
+valid mi_jax manifest from before the marker existed). Otherwise
+:func:`check_writable` refuses with a one-line :class:`DataDirError`
+rather than overwrite it. The checksum pins would make the results right
+either way; the refusal is about not destroying the user's files.
 
 Every file is written to a temporary name in the same directory and then
 ``os.replace``-d, so a reader (another process, a crashed run) sees either
@@ -21,7 +30,7 @@ import os
 import pathlib
 import tempfile
 import zipfile
-from typing import Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -31,10 +40,16 @@ FORMAT_VERSION = 1
 DATA_DIR_ENV = 'MI_JAX_DATA_DIR'
 DEFAULT_DATA_DIR = '~/.cache/mi_jax/data'
 MANIFEST = 'manifest.json'
+OWNER_MARK = '.mi_jax_cache'
+_OWNER_TEXT = b'Written by mi_jax.data.cache: mi_jax may replace the files of this folder.\n'
 
 
 class CacheMiss(Exception):
   """The cache does not hold this dataset split (not an error in the data)."""
+
+
+class DataDirError(ValueError):
+  """The data dir cannot take the cache without replacing files mi_jax did not write."""
 
 
 def resolve_data_dir(data_dir: Optional[str | os.PathLike] = None) -> pathlib.Path:
@@ -64,8 +79,10 @@ def read_manifest(root: pathlib.Path, name: str) -> dict:
   path = manifest_path(root, name)
   try:
     text = path.read_text()
-  except FileNotFoundError:
-    raise CacheMiss(f'not prepared (no {path})') from None
+  except (FileNotFoundError, NotADirectoryError):
+    raise CacheMiss(f'no cached copy (no {path})') from None
+  except OSError as error:
+    raise ValueError(f'{path}: unreadable manifest ({error.strerror or error})') from None
   try:
     manifest = json.loads(text)
   except json.JSONDecodeError as error:
@@ -120,6 +137,41 @@ def read_split(
   return images, labels
 
 
+def _is_ours(root: pathlib.Path, name: str) -> bool:
+  """Whether ``root/name`` carries the marker or a valid manifest of ``name`` (mi_jax wrote it)."""
+  if (dataset_dir(root, name) / OWNER_MARK).is_file():
+    return True
+  try:
+    return read_manifest(root, name).get('dataset') == name
+  except (CacheMiss, ValueError):
+    return False
+
+
+def check_writable(root: pathlib.Path, name: str, splits: Iterable[str]) -> None:
+  """Raises :class:`DataDirError` unless caching ``name`` replaces only mi_jax's own files.
+
+  The cache writes ``root/name/{manifest.json, <split>.npz}``. In a folder
+  mi_jax did not write (:func:`_is_ours` false) any of those that exists
+  belongs to someone else: refused, with the file named. Other files are
+  never touched, so they do not matter.
+  """
+  where = f'data dir {root} (--config.data.dir / --data-dir / ${DATA_DIR_ENV})'
+  if root.exists() and not root.is_dir():
+    raise DataDirError(f'{where} is not a directory')
+  directory = dataset_dir(root, name)
+  if directory.exists() and not directory.is_dir():
+    raise DataDirError(f'{where}: {directory} is not a directory; move it away or use another data dir')
+  if not directory.exists() or _is_ours(root, name):
+    return
+  for file in (MANIFEST, *(f'{split}.npz' for split in splits)):
+    if (directory / file).exists():
+      raise DataDirError(
+          f'{where}: {directory / file} was not written by mi_jax (no {OWNER_MARK} marker and no '
+          f'valid mi_jax manifest in {directory}), so it is left alone; move it away or use '
+          f'another data dir'
+      )
+
+
 def write_dataset(
     root: pathlib.Path,
     name: str,
@@ -127,9 +179,17 @@ def write_dataset(
     *,
     source: str,
 ) -> pathlib.Path:
-  """Caches every split of a dataset atomically; returns the manifest's path."""
+  """Caches every split of a dataset atomically; returns the manifest's path.
+
+  Raises :class:`DataDirError` (nothing written) if that would replace a
+  file mi_jax did not write. The marker goes first, so a run that dies
+  half-way leaves a folder that is still known to be ours.
+  """
+  check_writable(root, name, splits)
   directory = dataset_dir(root, name)
   directory.mkdir(parents=True, exist_ok=True)
+  if not (directory / OWNER_MARK).is_file():
+    _atomic_write(directory / OWNER_MARK, lambda f: f.write(_OWNER_TEXT))
   entries = {}
   for split, (images, labels) in splits.items():
     file = f'{split}.npz'

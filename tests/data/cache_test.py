@@ -40,7 +40,7 @@ def test_array_sha256_is_byte_order_independent():
 def test_writes_leave_no_temporary_files_and_readable_permissions(tmp_path, arrays):
   cache.write_dataset(tmp_path, 'tiny', arrays, source='s')
   files = sorted(p.name for p in (tmp_path / 'tiny').iterdir())
-  assert files == ['manifest.json', 'test.npz', 'train.npz']
+  assert files == [cache.OWNER_MARK, 'manifest.json', 'test.npz', 'train.npz']
   assert all(os.stat(tmp_path / 'tiny' / f).st_mode & 0o044 == 0o044 for f in files)
 
 
@@ -60,7 +60,7 @@ def test_a_failed_write_keeps_the_old_file_and_cleans_up(tmp_path, arrays):
 
 
 def test_missing_cache_is_a_cache_miss(tmp_path):
-  with pytest.raises(cache.CacheMiss, match='not prepared'):
+  with pytest.raises(cache.CacheMiss, match=r'no cached copy \(no .*tiny/manifest.json\)'):
     cache.read_split(tmp_path, 'tiny', 'train')
 
 

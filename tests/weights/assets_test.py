@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import pathlib
+import re
 import tarfile
 import zipfile
 
 import pytest
 
-from mi_jax.weights import assets
+from mi_jax.weights import assets, fetch
 from mi_jax.weights.assets import Asset, WeightsUnavailableError, asset_path
 
 PAYLOAD = b'fake weights \x00\x01\x02' * 100
@@ -105,6 +107,49 @@ def test_user_path_is_checked_against_the_pin(tmp_path):
   assert asset_path('fake_wheel', path=bad, verify=False, registry=registry) == bad
   with pytest.raises(WeightsUnavailableError, match='not a file'):
     asset_path('fake_wheel', path=tmp_path / 'missing.bin', registry=registry)
+
+
+def test_the_hint_names_only_options_that_exist(tmp_path):
+  registry = _registry(tmp_path)  # empty index: pip finds nothing
+  with pytest.raises(WeightsUnavailableError) as error:
+    asset_path('fake_wheel', cache_dir=tmp_path / 'cache', registry=registry)
+  message = str(error.value)
+  # The library argument it names...
+  keywords = re.findall(r'\bpass (\w+)=', message)
+  assert keywords == ['path']
+  assert set(keywords) <= set(inspect.signature(asset_path).parameters)
+  # ...and the command line it names, with options its parser really takes.
+  command = re.search(r'`python -m mi_jax\.weights\.fetch ([^`]*)`', message).group(1).split()
+  assert command == ['fake_wheel', '--from', 'FILE']
+  options = {o for action in fetch._parser()._actions for o in action.option_strings}
+  assert {word for word in command if word.startswith('--')} <= options
+  args = fetch._parser().parse_args(command)
+  assert (args.names, args.source) == (['fake_wheel'], 'FILE')
+
+
+def test_fetch_from_a_local_copy_verifies_and_caches_it(tmp_path, monkeypatch, capsys):
+  monkeypatch.setitem(assets.ASSETS, 'fake_wheel', _registry(tmp_path)['fake_wheel'])
+  good, bad = tmp_path / 'good.bin', tmp_path / 'bad.bin'
+  good.write_bytes(PAYLOAD)
+  bad.write_bytes(b'other weights')
+  cache = tmp_path / 'cache'
+  assert fetch.main(['fake_wheel', '--from', str(bad), '--cache-dir', str(cache)]) == 1
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and f'{bad} has sha256' in err and f'pinned {PIN[:12]}' in err
+  assert not (cache / 'fake_wheel').exists()
+  assert fetch.main(['fake_wheel', '--from', str(good), '--cache-dir', str(cache)]) == 0
+  target = cache / 'fake_wheel' / 'w.bin'
+  assert capsys.readouterr().out == f'fake_wheel: {target}\n'
+  assert target.read_bytes() == PAYLOAD
+  # Found in the cache from now on, without any download.
+  assert asset_path('fake_wheel', cache_dir=cache, download=False) == target
+
+
+def test_fetch_from_takes_exactly_one_name(capsys):
+  with pytest.raises(SystemExit) as error:
+    fetch.main(['inception_v3_fid', 'lenet5_mnist', '--from', 'x.pt'])
+  assert error.value.code == 2
+  assert '--from takes exactly one NAME, got 2' in capsys.readouterr().err
 
 
 def test_env_var_sets_the_cache(tmp_path, monkeypatch):

@@ -6,8 +6,10 @@ The fixtures (tests/weights/fixtures/*.pt) were written by torch 2.13 with
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import pickle
+import struct
 import zipfile
 
 import numpy as np
@@ -127,3 +129,97 @@ def test_legacy_bad_magic_is_an_error(tmp_path):
   path.write_bytes(pickle.dumps(1234, protocol=2))
   with pytest.raises(ValueError, match='magic number'):
     read_torch_file(path)
+
+
+# ---------------------------------------------------------------------------
+# Crafted pickles that try to change the reader's shared allow-list (BUILD).
+# Written opcode by opcode (protocol 2), as an attacker would.
+
+
+def _global(module: str, name: str) -> bytes:
+  return b'c' + module.encode() + b'\n' + name.encode() + b'\n'
+
+
+def _str(text: str) -> bytes:
+  data = text.encode()
+  return b'X' + struct.pack('<I', len(data)) + data
+
+
+def _dict(items: dict) -> bytes:
+  return b'}(' + b''.join(_str(key) + value for key, value in items.items()) + b'u'
+
+
+_NONE, _TRUE, _MARK, _TUPLE, _TUPLE2 = b'N', b'\x88', b'(', b't', b'\x86'
+_BUILD, _REDUCE, _BINPERSID, _STOP = b'b', b'R', b'Q', b'.'
+
+
+def _then_run_code(marker: pathlib.Path) -> bytes:
+  """What a payload would do next if the BUILD went through: call os.system."""
+  return _global('os', 'system') + _MARK + _str(f'touch {marker}') + _TUPLE + _REDUCE + _STOP
+
+
+_CRAFTED = {
+    # The reported attack: FloatStorage's dtype becomes a string for every later load.
+    'storage class': lambda: _global('torch', 'FloatStorage') + _dict({'dtype': _str('evil')}) + _BUILD,
+    # Slot state: setattr on the shared rebuild function itself.
+    'rebuild function': lambda: (_global('torch._utils', '_rebuild_tensor_v2')
+                                 + _NONE + _dict({'__defaults__': _MARK + _TRUE + _TUPLE}) + _TUPLE2 + _BUILD),
+    'OrderedDict class': lambda: _global('collections', 'OrderedDict') + _dict({'x': _TRUE}) + _BUILD,
+    # A storage is shared by every tensor that views it.
+    'storage': lambda: (_MARK + _str('storage') + _global('torch', 'FloatStorage') + _str('0') + _str('cpu')
+                        + b'K\x02' + _TUPLE + _BINPERSID + _dict({'x': _TRUE}) + _BUILD),
+}
+
+
+def _write_crafted(path: pathlib.Path, payload: bytes, layout: str) -> None:
+  if layout == 'zip':
+    with zipfile.ZipFile(path, 'w') as archive:
+      archive.writestr('evil/data.pkl', payload)
+      archive.writestr('evil/data/0', struct.pack('<2f', 1.0, 2.0))
+  else:
+    with open(path, 'wb') as file:
+      for header in (torch_reader._LEGACY_MAGIC, torch_reader._LEGACY_PROTOCOL, {'little_endian': True}):
+        pickle.dump(header, file, protocol=2)
+      file.write(payload)
+
+
+# Legacy storages are plain keys (strings) while the pickle runs: no storage case there.
+@pytest.mark.parametrize('target,layout', [
+    (target, layout) for target in sorted(_CRAFTED) for layout in ('zip', 'legacy')
+    if (target, layout) != ('storage', 'legacy')
+])
+def test_build_on_an_allowed_object_is_refused_and_changes_nothing(tmp_path, target, layout):
+  marker = tmp_path / 'pwned'
+  path = tmp_path / 'evil.pt'
+  _write_crafted(path, b'\x80\x02' + _CRAFTED[target]() + _then_run_code(marker), layout)
+  with pytest.raises(UnsafePickleError, match=r'^refusing BUILD on .+: checkpoint classes are read-only') as error:
+    read_torch_file(path)
+  shown = {'storage class': 'torch.FloatStorage', 'rebuild function': 'torch._utils._rebuild_tensor',
+           'OrderedDict class': 'collections.OrderedDict', 'storage': 'a storage of 2 float32'}[target]
+  assert str(error.value).startswith(f'refusing BUILD on {shown}')
+  assert '\n' not in str(error.value)
+  assert not marker.exists()
+  # The shared objects are as they were, and the next valid load in this process works.
+  assert torch_reader._ALLOWED[('torch', 'FloatStorage')].dtype == np.float32
+  assert torch_reader._rebuild_tensor_v2.__defaults__ == (False, None, None)
+  for file_name in ('state_zip.pt', 'state_legacy.pt'):
+    got = read_torch_file(FIXTURES / file_name)
+    want = _expected('state_expected.npz')
+    np.testing.assert_array_equal(got['transposed'], want['transposed'])
+    assert got['transposed'].dtype == np.float32
+
+
+def test_the_allow_list_cannot_be_changed_in_place():
+  with pytest.raises(TypeError):
+    torch_reader._ALLOWED[('os', 'system')] = print
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    torch_reader._ALLOWED[('torch', 'FloatStorage')].dtype = np.dtype(np.float64)
+
+
+def test_build_on_a_checkpoints_own_ordered_dict_still_works(tmp_path):
+  # torch pickles a state_dict's ``_metadata`` with BUILD on the OrderedDict it made.
+  payload = (b'\x80\x02' + _global('collections', 'OrderedDict') + b')' + _REDUCE
+             + _dict({'_metadata': _dict({'': _TRUE})}) + _BUILD + _STOP)
+  path = tmp_path / 'ok.pt'
+  _write_crafted(path, payload, 'zip')
+  assert read_torch_file(path) == {}
