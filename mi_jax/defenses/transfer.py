@@ -376,7 +376,8 @@ def train_transfer_target(config, split, *, mesh, workdir: str, writer, num_clas
       batch_size=train_cfg.batch_size, epochs=train_cfg.epochs, seed=config.seed, mesh=mesh,
       workdir=workdir, writer=writer, phase='target',
       checkpoint_every=train_cfg.checkpoint_every_steps, log_every=train_cfg.log_every_steps,
-      make_step=lambda g, t: make_transfer_step(g, t, params_mask=mask, stats_mask=stats_mask))
+      make_step=lambda g, t: make_transfer_step(g, t, params_mask=mask, stats_mask=stats_mask),
+      keep_batch_stats=lambda path: any(_matches('/'.join(map(str, path)), f) for f in frozen))
   theta_c, theta_t = count_parameters(params, mask)
   extras = {'theta_c': theta_c, 'theta_t': theta_t, 'frozen_layers': ','.join(frozen),
             'public_source': source}

@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 
 from mi_jax import data as mi_data
-from mi_jax.train import loop
+from mi_jax.train import batch_stats, loop
 from mi_jax.train.state import init_train_state, replicated
 from mi_jax.train.step import jit_step, make_classifier_step
 
@@ -40,6 +40,7 @@ def train_classifier(
     log_every: int = 50,
     make_step: Optional[Callable] = None,
     state=None,
+    keep_batch_stats: Optional[Callable[[tuple], bool]] = None,
 ):
   """Trains ``model`` on (images, labels); returns ``(graphdef, state)``.
 
@@ -47,6 +48,12 @@ def train_classifier(
   (:func:`make_classifier_step`). ``state`` starts from a given train state
   (e.g. a pre-trained one) instead of the model's initial parameters.
   Checkpoints go to ``workdir/checkpoints/<phase>``; a killed run resumes.
+
+  A model with BatchNorm gets its statistics recomputed after training over
+  one pass of ``images`` with the final weights
+  (:func:`mi_jax.train.batch_stats.recompute_batch_stats`; the pass is
+  deterministic, so a resumed run ends identical); ``keep_batch_stats(path)``
+  exempts frozen layers.
   """
   graphdef, initial = init_train_state(model, tx)
   state = initial if state is None else state
@@ -68,4 +75,7 @@ def train_classifier(
       total_steps=epochs * steps_per_epoch, rng=jax.random.key(seed),
       checkpoint_dir=os.path.join(workdir, 'checkpoints', phase),
       checkpoint_every=checkpoint_every, log_every=log_every, writer=writer)
+  state = batch_stats.recompute_batch_stats(
+      graphdef, state, (images,), forward=lambda m, x: m(x, train=True), batch_size=batch_size,
+      mesh=mesh, seed=seed, keep=keep_batch_stats)
   return graphdef, state

@@ -43,7 +43,7 @@ from flax import nnx
 
 from mi_jax import data as mi_data
 from mi_jax.models.gan import Discriminator, Generator
-from mi_jax.train import loop
+from mi_jax.train import batch_stats, loop
 from mi_jax.train.state import merge_model, replicated, split_model
 from mi_jax.train.step import jit_step
 
@@ -324,7 +324,17 @@ def train_gan(
       rng=jax.random.key(seed), checkpoint_dir=os.path.join(workdir, 'checkpoints', phase),
       checkpoint_every=checkpoint_every, log_every=log_every, writer=writer)
   strip = lambda s: {'params': s['params'], 'model_state': s['model_state']}
-  return GanResult(g_graphdef, strip(state['g']), d_graphdef, strip(state['d']))
+  # The generator's BatchNorm statistics over one epoch's worth of prior
+  # samples with the final weights (mi_jax.train.batch_stats): its running
+  # averages are off early in training, and sampling uses inference mode.
+  prior_rng = np.random.default_rng([seed, 0x6E])
+  prior = (prior_rng.standard_normal((len(images), latent_dim)).astype(np.float32),)
+  if conditional:
+    prior += (prior_rng.integers(0, num_classes, len(images)).astype(np.int32),)
+  g_state = batch_stats.recompute_batch_stats(
+      g_graphdef, strip(state['g']), prior, batch_size=batch_size, mesh=mesh, seed=seed,
+      forward=lambda m, z, *labels: m(z, labels[0] if labels else None, train=True))
+  return GanResult(g_graphdef, g_state, d_graphdef, strip(state['d']))
 
 
 # --------------------------------------------------------------------------- sampling
