@@ -16,7 +16,17 @@
    on every private class, and score the reconstructions with the shared
    evaluation: attack accuracy top-1/top-5 by a separately trained judge,
    KNN distance in the judge's penultimate features to the private images
-   of the attacked class, FID between private images and reconstructions.
+   of the attacked class, FID and KID (:mod:`mi_jax.metrics.kid`) between
+   private images and reconstructions on one set of Inception features.
+   Baseline: the judge's top-1/top-5 on the *unoptimised* images of the
+   same generator, one per reconstruction with the same attacked label
+   (``attack_top1_unoptimized``, ``attack_top5_unoptimized``): G at the
+   latents each attack starts from, before any target-guided step (GMI:
+   z₀ ~ N(0, I); KEDMI: samples of its initial N(0, e^{init_log_var} I) with
+   the reconstructions' ε; PPA: the first ``final`` initial candidates of
+   each class, before selection). This, not 1/classes, is the chance level
+   an attack must beat: the GAN draws public digits, which the 10-way judge
+   seldom assigns to a private class.
 4. Write ``results.json`` (one row per defense × attack), ``results.md`` and
    one SG Fig. 3-style grid per attack (one reconstruction per class, one
    row per defense). Every (defense, attack) keeps ``row.json`` and
@@ -93,10 +103,17 @@ def validate_config(config, *, num_devices: int) -> None:
     _check(block.gan_epochs >= 1, f"{attack}.gan_epochs must be >= 1, got {block.gan_epochs!r}")
     _check(block.iterations >= 1, f"{attack}.iterations must be >= 1, got {block.iterations!r}")
     _check(block.learning_rate > 0, f"{attack}.learning_rate must be > 0, got {block.learning_rate!r}")
-    _check(block.clip is None or block.clip > 0, f"{attack}.clip must be > 0 or None, got {block.clip!r}")
-  for attack in ('gmi', 'kedmi'):
-    _check(config[attack].attacks_per_class >= 1,
-           f"{attack}.attacks_per_class must be >= 1, got {config[attack].attacks_per_class!r}")
+  for attack in ('gmi', 'ppa'):
+    clip = config[attack].clip
+    _check(clip is None or clip > 0, f"{attack}.clip must be > 0 or None, got {clip!r}")
+  _check(config.gmi.attacks_per_class >= 1,
+         f"gmi.attacks_per_class must be >= 1, got {config.gmi.attacks_per_class!r}")
+  _check(config.kedmi.samples_per_class >= 1,
+         f"kedmi.samples_per_class must be >= 1, got {config.kedmi.samples_per_class!r}")
+  _check(config.evaluation.kid_subsets >= 1,
+         f"evaluation.kid_subsets must be >= 1, got {config.evaluation.kid_subsets!r}")
+  _check(config.evaluation.kid_subset_size >= 2,
+         f"evaluation.kid_subset_size must be >= 2, got {config.evaluation.kid_subset_size!r}")
   _check(config.attack_grad in experiment.GRADS,
          f"attack_grad must be one of {experiment.GRADS}, got {config.attack_grad!r}")
   p = config.ppa
@@ -208,8 +225,8 @@ def run_attack(name, config, *, target, gans, mesh, key, writer):
     return kedmi.kedmi_attack(
         target=target, generator=gan.generator_fn(g.generator_graphdef, g.generator_state),
         discriminator=gan.discriminator_fn(g.discriminator_graphdef, g.discriminator_state), classes=classes,
-        latent_dim=latent_dim, mesh=mesh, key=key, attacks_per_class=block.attacks_per_class,
-        iterations=block.iterations, learning_rate=block.learning_rate, lam=block.lam, clip=block.clip,
+        latent_dim=latent_dim, mesh=mesh, key=key, samples_per_class=block.samples_per_class,
+        iterations=block.iterations, learning_rate=block.learning_rate, lam=block.lam,
         init_log_var=block.init_log_var, writer=writer)
   if name == 'ppa':
     g = gans['ppa']
@@ -237,14 +254,18 @@ def load_judge(config, workdir, mesh):
 
 
 def evaluate(reconstructions, labels, private_images, private_labels, *, judge, judge_note, config, mesh,
-             cache: dict) -> dict:
-  """Attack accuracy top-1/top-5, KNN distance and FID (None with a note when unavailable).
+             cache: dict, unoptimized=None) -> dict:
+  """Attack accuracy top-1/top-5, KNN distance, FID and KID (None with a note when unavailable).
 
-  ``cache`` keeps the private set's judge and Inception features across the
-  rows of one run (they do not depend on the defense or the attack).
+  ``unoptimized``: the generator's images before any target-guided step,
+  one per reconstruction (same ``labels``); the judge's top-1/top-5 on them
+  is the baseline. ``cache`` keeps the private set's judge and Inception
+  features across the rows of one run (they do not depend on the defense
+  or the attack). FID and KID share one Inception pass per image set.
   """
   private = private_images.astype(np.float32) / 255.0
-  out = {'attack_top1': None, 'attack_top5': None, 'knn_distance': None, 'fid': None,
+  out = {'attack_top1': None, 'attack_top5': None, 'attack_top1_unoptimized': None,
+         'attack_top5_unoptimized': None, 'knn_distance': None, 'fid': None, 'kid': None, 'kid_std': None,
          'judge': None, 'judge_test_accuracy': None}
   if judge is None:
     out['evaluation_note'] = judge_note
@@ -257,10 +278,14 @@ def evaluate(reconstructions, labels, private_images, private_labels, *, judge, 
                knn_distance=float(knn_distance(np.asarray(judge.features(reconstructions)), labels,
                                                cache['judge_features'], private_labels)),
                judge=judge.name, judge_test_accuracy=float(judge.test_accuracy))
+    if unoptimized is not None:
+      base1, base5 = attack_accuracy(np.asarray(judge.logits(unoptimized)), labels)
+      out.update(attack_top1_unoptimized=float(base1), attack_top5_unoptimized=float(base5))
   if not config.evaluation.fid:
-    out['fid_note'] = 'disabled (evaluation.fid=False)'
+    out['fid_note'] = 'FID and KID disabled (evaluation.fid=False)'
     return out
   from mi_jax.metrics import fid as fid_lib
+  from mi_jax.metrics import kid as kid_lib
   from mi_jax.weights import WeightsUnavailableError
   try:
     if 'inception_private' not in cache:
@@ -270,12 +295,16 @@ def evaluate(reconstructions, labels, private_images, private_labels, *, judge, 
                                        field='evaluation.fid_private_limit')]
       cache['inception_private'] = fid_lib.inception_features(
           reference, batch_size=config.evaluation.fid_batch_size, mesh=mesh)
+    reference = cache['inception_private']
     recon_features = fid_lib.inception_features(reconstructions, batch_size=config.evaluation.fid_batch_size,
                                                 mesh=mesh)
-    out['fid'] = float(fid_lib.fid_from_features(cache['inception_private'], recon_features))
-    out['fid_n'] = [int(len(cache['inception_private'])), int(len(recon_features))]
+    out['fid'] = float(fid_lib.fid_from_features(reference, recon_features))
+    out['fid_n'] = [int(len(reference)), int(len(recon_features))]
+    kid = kid_lib.kid_from_features(reference, recon_features, subsets=config.evaluation.kid_subsets,
+                                    subset_size=config.evaluation.kid_subset_size, seed=config.seed)
+    out.update(kid=kid.mean, kid_std=kid.std, kid_subset_size=kid.subset_size, kid_subsets=kid.subsets)
   except WeightsUnavailableError as error:
-    out['fid_note'] = f"InceptionV3 weights unavailable: {error}"
+    out['fid_note'] = f"InceptionV3 weights unavailable (no FID or KID): {error}"
   return out
 
 
@@ -356,7 +385,8 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
         result = run_attack(attack, config, target=target, gans=gans, mesh=mesh,
                             key=_attack_key(config, d_index, attack), writer=MetricWriter(attack_dir))
         metrics = evaluate(result.images, result.labels, split.private_images, split.private_labels,
-                           judge=judge, judge_note=judge_note, config=config, mesh=mesh, cache=cache)
+                           judge=judge, judge_note=judge_note, config=config, mesh=mesh, cache=cache,
+                           unoptimized=result.initial_images)
         row = {
             'dataset': config.dataset, 'defense': defense, 'lam': sweep.get_knob(point, defense),
             'knob': sweep.knob_symbol(defense), 'attack': attack, 'seed': config.seed, 'accuracy': natural,
@@ -376,7 +406,9 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
       rows.append(row)
       figures.append((row, figure))
       print(f"    {attack}: accuracy {row['accuracy']:.4f}  attack top-1 {_fmt(row['attack_top1'], 3)}"
-            f"  top-5 {_fmt(row['attack_top5'], 3)}  KNN {_fmt(row['knn_distance'], 2)}  FID {_fmt(row['fid'], 1)}"
+            f" (unoptimised {_fmt(row.get('attack_top1_unoptimized'), 3)})  top-5 {_fmt(row['attack_top5'], 3)}"
+            f" (unoptimised {_fmt(row.get('attack_top5_unoptimized'), 3)})  KNN {_fmt(row['knn_distance'], 2)}"
+            f"  FID {_fid_cell(row)}  KID×10³ {_kid_cell(row)}"
             f"  (target on reconstructions {row['target_accuracy_on_reconstructions']:.3f})", flush=True)
   if jax.process_index() == 0:
     _write_outputs(rows, figures, originals, workdir)
@@ -389,13 +421,30 @@ def _fmt(value, decimals: int) -> str:
   return 'NaN' if isinstance(value, float) and math.isnan(value) else f"{value:.{decimals}f}"
 
 
+def _fid_cell(row) -> str:
+  """FID with its set sizes: 'value (N = reference / reconstructions)'; FIDs of different N do not compare."""
+  if row.get('fid') is None:
+    return '—'
+  n_reference, n_recon = row['fid_n']
+  return f"{_fmt(row['fid'], 1)} (N = {n_reference} / {n_recon})"
+
+
+def _kid_cell(row) -> str:
+  """KID mean ± std over subsets, ×10³ (the usual scale for Inception features)."""
+  if row.get('kid') is None:
+    return '—'
+  return f"{1e3 * row['kid']:.1f} ± {1e3 * row['kid_std']:.1f}"
+
+
 def results_markdown(rows) -> str:
   """One table: a row per defense × attack (arrows: which way a better defense moves the number)."""
   lines = [
       f"### GAN-prior attacks — {rows[0]['dataset']} (private digits attacked with public-digit GANs)",
       '',
-      '| Defense | Attack | Acc ↑ (%) | AttAcc top-1 ↓ (%) | AttAcc top-5 ↓ (%) | KNN dist ↑ | FID ↑ | Judge (test acc) |',
-      '| :--- | :--- | ---: | ---: | ---: | ---: | ---: | :--- |',
+      '| Defense | Attack | Acc ↑ (%) | AttAcc top-1 ↓ (%) | top-1 unoptimised (%) | AttAcc top-5 ↓ (%) '
+      '| top-5 unoptimised (%) | KNN dist ↑ | FID ↑ (N = private / recon.) | KID ×10³ ↑ (mean ± std) '
+      '| Judge (test acc) |',
+      '| :--- | :--- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :--- |',
   ]
   pct = lambda v: _fmt(None if v is None else 100.0 * v, 2)
   notes = []
@@ -403,13 +452,24 @@ def results_markdown(rows) -> str:
     judge = '—' if r.get('judge') is None else f"{r['judge']} ({100.0 * r['judge_test_accuracy']:.2f}%)"
     lines.append('| ' + ' | '.join([
         results_io.defense_label(r['defense'], r['lam'], r.get('knob', 'λ')).replace('|', r'\|'),
-        ATTACK_TITLES[r['attack']], pct(r['accuracy']), pct(r['attack_top1']), pct(r['attack_top5']),
-        _fmt(r['knn_distance'], 2), _fmt(r['fid'], 2), judge]) + ' |')
+        ATTACK_TITLES[r['attack']], pct(r['accuracy']), pct(r['attack_top1']),
+        pct(r.get('attack_top1_unoptimized')), pct(r['attack_top5']), pct(r.get('attack_top5_unoptimized')),
+        _fmt(r['knn_distance'], 2), _fid_cell(r), _kid_cell(r), judge]) + ' |')
     for key in ('evaluation_note', 'fid_note'):
       if r.get(key) and r[key] not in notes:
         notes.append(r[key])
-  if notes:
-    lines += [''] + [f"Note: {n}" for n in notes]
+  lines += ['', 'Unoptimised: the judge on the same generator\'s images before any target-guided step '
+            '(GMI: z₀ ~ N(0, I); KEDMI: its initial distribution; PPA: initial candidates before selection), '
+            'one per reconstruction with the same attacked label: the chance level each attack must beat.']
+  sizes = {tuple(r['fid_n']) for r in rows if r.get('fid') is not None}
+  if sizes:
+    lines += ['', f"FID is biased upward at small N; compare FIDs only between rows of equal N "
+              f"({'all rows share one N' if len(sizes) == 1 else 'N differs between rows here'}). "
+              f"KID (unbiased polynomial-kernel MMD², Bińkowski et al. 2018; mean ± std over subsets of "
+              f"{' / '.join(str(n) for n in sorted({r['kid_subset_size'] for r in rows if r.get('kid') is not None}))} "
+              f"rows per set) does not depend on N in expectation."]
+  for n in notes:
+    lines += ['', f"Note: {n}"]
   return '\n'.join(lines) + '\n'
 
 

@@ -42,9 +42,11 @@ def _check_rows(rows, tmp_path, attacks, defenses):
     assert 0.0 <= row['accuracy'] <= 1.0 and row['n_private'] == 32 and row['n_public'] == 64
     assert row['fid'] is None and 'disabled' in row['fid_note']
     assert 0.0 <= row['attack_top1'] <= row['attack_top5'] <= 1.0 and row['knn_distance'] >= 0
+    assert 0.0 <= row['attack_top1_unoptimized'] <= row['attack_top5_unoptimized'] <= 1.0
     assert row['judge'] == 'evaluation_cnn_mnist_tiny'
-    assert row['n_reconstructions'] == 5 * 2  # 5 classes × 2 (tiny: attacks_per_class, ppa.final)
+    assert row['n_reconstructions'] == 5 * 2  # 5 classes × 2 (tiny: attacks_per_class, samples_per_class, final)
   table = (tmp_path / 'results.md').read_text()
+  assert '| top-1 unoptimised (%) |' in table and 'KID' in table
   for attack in attacks:
     assert f"| no-defense | {gan_experiment.ATTACK_TITLES[attack]} |" in table
     assert (tmp_path / f'reconstructions_{attack}.png').stat().st_size > 0
@@ -116,19 +118,70 @@ def test_white_box_attacker_differentiates_through_forward_only_sparse_layers():
   assert float(jnp.abs(loss(attacked)).max()) > 0.0
 
 
-def test_evaluate_uses_the_judge_and_the_shared_metrics():
-  """Wiring of attack accuracy and KNN distance through a (stand-in) judge; FID off."""
+def _stand_in_judge():
   import types
   w = np.random.default_rng(0).normal(size=(28 * 28, 10))
-  judge = types.SimpleNamespace(
+  return types.SimpleNamespace(
       name='stand-in', test_accuracy=0.5,
       logits=lambda x: np.asarray(x).reshape(len(x), -1) @ w,
       features=lambda x: np.asarray(x).reshape(len(x), -1)[:, :16])
+
+
+def test_evaluate_uses_the_judge_and_the_shared_metrics():
+  """Wiring of attack accuracy, its unoptimised baseline and KNN distance through a (stand-in) judge; FID off."""
+  from mi_jax.metrics.attack_success import attack_accuracy
+  judge = _stand_in_judge()
   private, labels = synthetic_digits(20, seed=3)
   recon = private[:6].astype(np.float32) / 255.0
+  unoptimized = private[6:12].astype(np.float32) / 255.0
   predicted = np.argmax(judge.logits(recon), -1)
   out = gan_experiment.evaluate(recon, predicted, private, labels, judge=judge, judge_note=None,
-                                config=_config(), mesh=mesh_of(2), cache={})
+                                config=_config(), mesh=mesh_of(2), cache={}, unoptimized=unoptimized)
   assert out['attack_top1'] == 1.0 and out['attack_top5'] == 1.0
+  want = attack_accuracy(judge.logits(unoptimized), predicted)
+  assert (out['attack_top1_unoptimized'], out['attack_top5_unoptimized']) == want and want[0] < 1.0
   assert out['judge'] == 'stand-in' and out['judge_test_accuracy'] == 0.5 and out['fid'] is None
+  assert out['kid'] is None and 'disabled' in out['fid_note']
   assert out['knn_distance'] >= 0.0
+
+
+def test_fid_and_kid_share_one_inception_pass_per_set_and_report_n(monkeypatch):
+  from mi_jax.metrics import fid as fid_lib
+  from mi_jax.metrics import kid as kid_lib
+  project = np.random.default_rng(1).normal(size=(28 * 28, 32))
+  calls = []
+  project_features = lambda images: np.asarray(images, np.float64).reshape(len(images), -1) @ project
+
+  def features(images, **_):
+    calls.append(len(images))
+    return project_features(images)
+
+  monkeypatch.setattr(fid_lib, 'inception_features', features)
+  config = _config(**{'evaluation.fid': True, 'evaluation.fid_private_limit': None, 'evaluation.kid_subsets': 7})
+  private, labels = synthetic_digits(30, seed=3)
+  recon = private[:6].astype(np.float32) / 255.0
+  cache = {}
+  out = gan_experiment.evaluate(recon, labels[:6], private, labels, judge=_stand_in_judge(), judge_note=None,
+                                config=config, mesh=mesh_of(2), cache=cache)
+  assert calls == [30, 6]  # the private set once, the reconstructions once, for both metrics
+  reference, recon_features = project_features(private.astype(np.float32) / 255.0), project_features(recon)
+  assert out['fid'] == pytest.approx(fid_lib.fid_from_features(reference, recon_features))
+  kid = kid_lib.kid_from_features(reference, recon_features, subsets=7, subset_size=1000, seed=config.seed)
+  assert (out['kid'], out['kid_std'], out['kid_subset_size'], out['kid_subsets']) == tuple(kid)
+  assert out['fid_n'] == [30, 6] and out['kid_subset_size'] == 6
+  gan_experiment.evaluate(recon, labels[:6], private, labels, judge=_stand_in_judge(), judge_note=None,
+                          config=config, mesh=mesh_of(2), cache=cache)
+  assert calls == [30, 6, 6]  # the second row reads the private features from the cache
+
+
+def test_results_table_has_the_baseline_and_n_with_every_fid():
+  row = dict(dataset='mnist', defense='no-defense', lam=None, knob='λ', attack='gmi', accuracy=0.9,
+             attack_top1=0.4, attack_top5=0.9, attack_top1_unoptimized=0.02, attack_top5_unoptimized=0.3,
+             knn_distance=12.0, fid=210.5, fid_n=[250, 25], kid=0.0123, kid_std=0.0011, kid_subset_size=25,
+             kid_subsets=100, judge='j', judge_test_accuracy=0.99)
+  table = gan_experiment.results_markdown([row, {**row, 'attack': 'ppa', 'fid_n': [250, 20]}])
+  line = next(l for l in table.splitlines() if l.startswith('| no-defense | GMI'))
+  cells = [c.strip() for c in line.strip('|').split('|')]
+  assert cells[3:7] == ['40.00', '2.00', '90.00', '30.00']
+  assert cells[8] == '210.5 (N = 250 / 25)' and cells[9] == '12.3 ± 1.1'
+  assert 'N differs between rows here' in table

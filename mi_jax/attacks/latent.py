@@ -2,22 +2,30 @@
 
 Every attack optimises a batch of latents, one row per (class, attack), for
 
-    minimise_w  Σ_i  m_i · ℓ(w_i, y_i, key_t) / Σ_i m_i
+    minimise_w  Σ_i  m_i · ℓ(w_i, y_i, key_t)
 
-where ℓ is the attack's per-example loss and m_i masks padding rows. The
-reduction is the mean over the real rows, as in the reference codes (GMI's
-``Total_Loss = Prior_Loss + lamda * Iden_Loss`` averages over its batch of
-identities), so their learning rates keep their meaning for SGD; for Adam the
-scale does not matter. Rows never interact, so the problem is
-embarrassingly parallel: the rows are sharded over the 'data' mesh axis
-(padded to a multiple of the device count with copies of row 0, masked out)
-and the same program runs on 1 or many devices with equal results.
+where ℓ is the attack's per-example loss and m_i ∈ {0, 1} masks the padding
+rows. The reduction is a *sum*: row i's gradient is ∇ℓ(w_i) itself, so the
+step each latent takes does not depend on how many rows share the batch
+(with a mean, SGD's step would shrink as 1/rows). The reference codes
+average over their batch of identities instead (GMI's ``Total_Loss =
+Prior_Loss + lamda * Iden_Loss`` with ``CrossEntropyLoss`` and ``label.mean()``
+over ``bs`` rows), so their SGD learning rate lr is a per-latent step of
+lr / bs: pass that quotient (see ``configs/gan_attacks_mnist.py``). Adam
+(KEDMI, PPA) normalises each coordinate's gradient, so sum and mean give the
+same steps up to its ε.
 
-After every update ``project`` maps the latents back to the feasible set
-(GMI's ``z.clamp(-clip_range, clip_range)``, see :func:`clip_latents`).
-Iterations run in jitted ``lax.fori_loop`` chunks of ``log_every`` so the
-loss is logged without a host round-trip per step; per-iteration randomness
-is ``fold_in(key, iteration)``.
+Rows never interact, so the problem is embarrassingly parallel: the rows are
+sharded over the 'data' mesh axis (padded to a multiple of the device count
+with copies of row 0, whose mask is 0) and the same program runs on 1 or
+many devices with equal results.
+
+The first gradient is taken at ``init`` as given (GMI draws z ~ N(0, I) and
+clamps only after its first update); after every update ``project`` maps the
+latents back to the feasible set (GMI's ``z.clamp(-clip_range, clip_range)``,
+see :func:`clip_latents`). Iterations run in jitted ``lax.fori_loop`` chunks
+of ``log_every`` so the loss is logged without a host round-trip per step;
+per-iteration randomness is ``fold_in(key, iteration)``.
 """
 
 from __future__ import annotations
@@ -39,7 +47,11 @@ class AttackResult(NamedTuple):
   images: np.ndarray  # (rows, H, W, C) float32 [0, 1]: the reconstructions
   labels: np.ndarray  # (rows,) the attacked class of each reconstruction
   latents: object  # the optimised latents (pytree of host arrays)
-  losses: np.ndarray  # logged mean losses
+  losses: np.ndarray  # logged mean (over rows) losses
+  # Baseline: the generator's images at the latents the attack starts from,
+  # before any target-guided step (one per reconstruction, same labels).
+  initial_images: np.ndarray
+  initial_latents: object
 
 
 def target_logits_fn(graphdef, state) -> Callable:
@@ -114,13 +126,14 @@ def optimize_latents(
     phase: str = 'latent',
     extras=None,
 ) -> LatentResult:
-  """Minimises ``mean_i loss_fn(w, labels, extras, key)[i]`` over the latents ``w``.
+  """Minimises ``Σ_i loss_fn(w, labels, extras, key)[i]`` over the latents ``w`` (module docstring).
 
   ``loss_fn(latents, labels, extras, key) -> (rows,)`` per-row losses;
   ``init`` a pytree of arrays with leading axis = rows (the same as
   ``labels``); ``extras`` an optional pytree of constant per-row arrays
   (e.g. a conditional generator's class input), sharded like the latents.
-  Returns the projected latents after ``iterations`` updates.
+  Returns the projected latents after ``iterations`` updates; ``losses``
+  logs the mean per-row loss (the sum divided by the number of real rows).
   """
   if iterations < 1:
     raise ValueError(f"iterations must be >= 1, got {iterations!r}")
@@ -133,14 +146,14 @@ def optimize_latents(
   mask[:rows] = 1.0
   sharding = NamedSharding(mesh, P(DATA_AXIS))
   put = lambda tree: jax.tree.map(lambda x: jax.device_put(x, sharding), tree)
-  latents = put(project(jax.tree.map(jnp.asarray, _pad_rows(init, padded))))
+  latents = put(jax.tree.map(jnp.asarray, _pad_rows(init, padded)))
   labels_d = put(_pad_rows(np.asarray(labels).astype(np.int32), padded))
   mask_d = put(mask)
   extras_d = None if extras is None else put(_pad_rows(extras, padded))
 
   def objective(w, iteration):
     per_row = loss_fn(w, labels_d, extras_d, jax.random.fold_in(key, iteration))
-    return jnp.sum(per_row * mask_d) / rows, per_row
+    return jnp.sum(per_row * mask_d), per_row
 
   @jax.jit
   def init_opt(w):
@@ -162,7 +175,7 @@ def optimize_latents(
     count = min(log_every, iterations - done)
     latents, opt_state, loss = chunk(latents, opt_state, jnp.int32(done), count)
     done += count
-    losses.append(float(loss))
+    losses.append(float(loss) / rows)
     if writer is not None:
       writer.write(phase, done, {'loss': losses[-1]})
   per_row = np.asarray(final_loss(latents, jnp.int32(iterations)))[:rows]

@@ -20,6 +20,10 @@ StyleGAN takes its place for faces). For each attacked class y:
    softmax confidence p_T(y | t(G(z))) over ``selection_transforms`` random
    transforms t and keep the ``final`` highest-scoring per class.
 
+Each candidate's step is Adam on its own loss (the shared loop sums the
+per-candidate losses, :mod:`mi_jax.attacks.latent`; PPA's code averages
+them, which Adam's per-coordinate normalisation makes equivalent up to ε).
+
 Transforms are a random resized crop (area scale, aspect ratio), a rotation
 and an optional horizontal flip, composed into one affine map sampled
 bilinearly; PPA's face-scale settings are (0.5–0.9 area, 0.8–1.25 ratio,
@@ -182,6 +186,12 @@ def ppa_attack(
   rows = {'z': result.latents, 'g': g_labels, 'y': labels}
   scores = latent.apply_rows(confidence(final_key, selection_transforms), rows, mesh=mesh)
   best = select_candidates(scores, labels, final)
-  images = latent.apply_rows(lambda r: gen(r['z'], r['g']), {'z': result.latents[best], 'g': g_labels[best]}, mesh=mesh)
-  return latent.AttackResult(np.asarray(images, np.float32), labels[best],
-                             {'z': result.latents[best], 'generator_label': g_labels[best]}, result.losses)
+  generate = lambda rows: latent.apply_rows(lambda r: gen(r['z'], r['generator_label']), rows,
+                                           mesh=mesh).astype(np.float32)
+  final_latents = {'z': result.latents[best], 'generator_label': g_labels[best]}
+  # Baseline: the first `final` initial candidates of each class, prior draws
+  # before any target-guided step (selection or optimisation).
+  first = np.concatenate([np.flatnonzero(labels0 == c)[:final] for c in dict.fromkeys(labels0.tolist())])
+  initial_latents = {'z': z0[first], 'generator_label': g_labels0[first]}
+  return latent.AttackResult(generate(final_latents), labels[best], final_latents, result.losses,
+                             initial_images=generate(initial_latents), initial_latents=initial_latents)

@@ -11,13 +11,17 @@ The network is the TF 2015-12-05 Inception graph
 raises :class:`mi_jax.weights.WeightsUnavailableError` — there is no
 fallback network, because a FID on other features is not comparable with
 any published FID. (The Sparse-Guard code's "FID" is a different number:
-see :mod:`mi_jax.metrics.legacy` and ``shared/docs/fidelity.md`` item 2.)
+see :mod:`mi_jax.metrics.legacy` and ``docs/fidelity.md`` item 2.)
 
 Sharp edges:
 
 * FID is biased upward for small sets (it depends on N); compare numbers
-  computed with the same N only. With N < 2048 the covariances are
-  singular; the matrix square root below is exact for that case.
+  computed with the same N only, and report N with every FID. At a few
+  dozen images the bias dominates: report the Kernel Inception Distance
+  too (:mod:`mi_jax.metrics.kid`, unbiased, on the same features: compute
+  :func:`inception_features` once and pass them to both). With N < 2048 the
+  covariances are singular; the matrix square root below is exact for that
+  case.
 * Images go in as uint8 ``[0, 255]`` or float ``[0, 1]``, NHWC, 1 or 3
   channels (never mean/std-normalised tensors: that is rejected).
 """

@@ -47,9 +47,13 @@ def test_transforms():
 
 
 def test_ppa_attack_moves_toward_the_class():
-  """Linear 'target' on a 2-pixel image; the attack's final images are classified as attacked."""
-  w = jnp.array([[3.0, -3.0], [-3.0, 3.0]])
-  target = lambda x: jnp.mean(x.reshape(x.shape[0], 4, 4, 2), axis=(1, 2)) @ w
+  """Linear 'target' on a 2-pixel image; the attack's final images are classified as attacked.
+
+  Logits (3a, 3b, 1) from the pixel means a, b: the Poincaré loss of class 0 falls smoothly as a → 1,
+  b → 0 (two logits ±3(a − b) would L1-normalise to (±½, ∓½) whatever a, b: a constant loss)."""
+  def target(x):
+    means = jnp.mean(x.reshape(x.shape[0], 4, 4, 2), axis=(1, 2))
+    return jnp.concatenate([3.0 * means, jnp.ones((x.shape[0], 1))], -1)
   generator = lambda z: jax.nn.sigmoid(jnp.tile(z[:, None, None, :2], (1, 4, 4, 1)))
   result = ppa.ppa_attack(target=target, generator=generator, classes=[0, 1], latent_dim=2, generator_classes=0,
                           mesh=mesh_of(2), key=jax.random.key(0), candidates=4, initial_candidates=8, final=2,
@@ -58,4 +62,9 @@ def test_ppa_attack_moves_toward_the_class():
   assert result.images.shape == (4, 4, 4, 2)
   np.testing.assert_array_equal(result.labels, [0, 0, 1, 1])
   np.testing.assert_array_equal(np.argmax(np.asarray(target(result.images)), -1), result.labels)
-  assert result.losses[-1] < result.losses[0]
+  assert result.losses[-1] < result.losses[0] - 0.1
+  # Baseline: prior draws before the target-guided selection, one per reconstruction.
+  assert result.initial_images.shape == result.images.shape
+  np.testing.assert_allclose(result.initial_images, np.asarray(generator(jnp.asarray(result.initial_latents['z']))),
+                             rtol=1e-6)
+  assert not np.allclose(result.initial_latents['z'], result.latents['z'])

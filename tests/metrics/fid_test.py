@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from mi_jax.metrics import fid as fid_lib
+from mi_jax.metrics import kid as kid_lib
 from mi_jax.models import inception_v3
 from mi_jax.weights import WeightsUnavailableError, asset_path
 from tests.helpers import mesh_of, synthetic_digits
@@ -196,6 +197,9 @@ def test_fid_is_zero_for_a_set_and_grows_with_noise_on_8_devices(params):
   scores = [fid_lib.fid_from_features(parts[0], p) for p in parts]
   assert scores[0] < 1e-6
   assert scores[1] < scores[2] < scores[3], scores
+  # KID on the same features (no second Inception pass) orders the noise levels too.
+  kids = [kid_lib.kid_from_features(parts[0], p, subsets=10).mean for p in parts[1:]]
+  assert kids[0] < kids[1] < kids[2], kids
   # Same numbers on one device: the sharded path computes the same function.
   one = fid_lib.inception_features(sets[0], params=params, batch_size=4, mesh=mesh_of(1))
   np.testing.assert_allclose(one, parts[0], atol=1e-4)
