@@ -5,6 +5,8 @@ Run (from the repository root):
     python benchmarks/lca_bench.py                    # full run, several minutes
     python benchmarks/lca_bench.py --quick            # smoke run, < 1 minute
     python benchmarks/lca_bench.py --shapes a,c --json-out /tmp/lca.json
+    python benchmarks/lca_bench.py --quick --shapes b,c --sections forward,lateral_grad \
+        --laterals gemm,fft                           # SG's layers, a few minutes
 
 It prints tables and writes JSON (default ``benchmarks/out/lca_bench.json``).
 Measured, all float32, stride 1, 'same' padding, 5x5 atoms, τ = 100,
@@ -16,8 +18,8 @@ input_unit_var defaults), random uniform images and random unit-norm atoms:
    (c) Sparse-Guard layer 2, N=32, 28x28x16 -> F=28.
    Compile time (lower + compile) apart from run time; run time is the median
    of ``--reps`` (>= 5) runs after one warm-up run. The ``lateral`` forms
-   ('recon', 'gram', 'gemm') are timed, and the table says which one
-   ``lateral='auto'`` picks (by comparing jaxprs).
+   of ``--laterals`` ('recon', 'gram', 'gemm', 'fft') are timed, and the
+   table says which one ``lateral='auto'`` picks (by comparing jaxprs).
 2. grad: forward + backward of ``sum(codes * probe)`` w.r.t. the images and
    the dictionary through the solve, shape (a) at N=8: LCA with
    ``grad='unroll'`` and ``'checkpoint'``, FISTA with ``grad='implicit'``
@@ -29,7 +31,15 @@ input_unit_var defaults), random uniform images and random unit-norm atoms:
    summed over the batch); the fewest iterations with (E − E*)/E* <= 1e-3
    (doubling, then bisection over ``n_steps``) and the median seconds of that
    solve. LCA's gap after ``--steps`` iterations is shown for context.
-4. lcapt: ``lcapt.lca.LCAConv2D`` with the same τ, λ, iterations, dictionary
+4. lateral_grad (only when named in ``--sections``): forward + backward of
+   ``sum(codes * probe)`` w.r.t. the images and the dictionary through
+   ``--lateral-grad-steps`` (40) LCA steps at N=32 on each of ``--shapes``,
+   for every form of ``--laterals`` and ``grad='unroll'`` / ``'checkpoint'``
+   (what a dictionary trained by backprop through the loop costs), with
+   XLA's memory_analysis() bytes. Slow: XLA:CPU takes seconds per image for
+   the 'gram' form's backward pass (its kernel-gradient convolutions), so a
+   gram run on shape (c) lasts minutes.
+5. lcapt: ``lcapt.lca.LCAConv2D`` with the same τ, λ, iterations, dictionary
    (HWIO -> (F, C, kh, kw)) and images. Its codes are compared with
    mi_jax's (max abs diff, printed) before anything is timed; then its
    forward (``torch.no_grad``) and forward + backward (``req_grad=True``,
@@ -73,6 +83,8 @@ KERNEL = 5
 TAU = 100.0
 TORCH_THREADS = 2
 GRAD_BATCH = 8
+LATERAL_GRAD_BATCH = 32
+LATERALS = ('recon', 'gram', 'gemm', 'fft')
 GAP_TARGET = 1e-3
 DEFAULT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'out', 'lca_bench.json')
 
@@ -223,7 +235,7 @@ def auto_lateral(x, d, lam, steps) -> str:
   import jax
   jaxpr = lambda lateral: str(jax.make_jaxpr(mijax_forward_fn(lam, steps, lateral=lateral))(x, d))
   auto = jaxpr('auto')
-  for lateral in ('recon', 'gram', 'gemm'):
+  for lateral in LATERALS:
     if auto == jaxpr(lateral):
       return lateral
   return 'unknown'
@@ -278,6 +290,21 @@ def child_mijax_grad(config) -> dict:
   x, d, probe = (jax.device_put(v) for v in (x, d, probe))
   jax.block_until_ready((x, d, probe))
   return measure_peak_rss(lambda: jax.block_until_ready(compiled(x, d, probe)))
+
+
+def mijax_lateral_grad_case(shape, lateral, grad, args) -> dict:
+  """(d/dx, d/dd) of sum(codes * probe) through the LCA with one lateral form."""
+  import jax
+  import jax.numpy as jnp
+  log(f'lateral_grad: compiling mi_jax {lateral}/{grad} shape {shape}')
+  x, d = problem(shape, n=LATERAL_GRAD_BATCH)
+  probe = probe_like((*x.shape[:3], d.shape[-1]))
+  solve = mijax_forward_fn(args.lam, args.lateral_grad_steps, lateral=lateral, grad=grad)
+  fn = jax.grad(lambda x, d, probe: jnp.sum(solve(x, d) * probe), argnums=(0, 1))
+  compiled, compile_s = compile_timed(fn, x, d, probe)
+  record = {'shape': shape, 'lateral': lateral, 'grad': grad, 'compile_s': compile_s,
+            'memory_analysis_bytes': memory_bytes(compiled)}
+  return {'record': record, 'run': lambda: jax.block_until_ready(compiled(x, d, probe))}
 
 
 def energies(shape, lam, steps, solver):
@@ -494,6 +521,32 @@ def section_grad(args, have_lcapt) -> list[dict]:
   return results
 
 
+def section_lateral_grad(args) -> list[dict]:
+  results, rows = [], []
+  for shape in args.shapes:
+    cases = [mijax_lateral_grad_case(shape, lateral, grad, args)
+             for grad in ('unroll', 'checkpoint') for lateral in args.laterals]
+    shape_results = interleaved_runs(cases, args.reps, f'lateral_grad {shape}')
+    for r in shape_results:
+      gram = next((g for g in shape_results if g['grad'] == r['grad'] and g['lateral'] == 'gram'),
+                  None)
+      r['speedup_vs_gram'] = speedup(gram, r, 'median_s')
+      mem = r['memory_analysis_bytes']
+      rows.append([shape, r['grad'], r['lateral'], fmt(r['compile_s'], '.2f'), fmt(r['median_s']),
+                   fmt(r['min_s']), fmt(1e3 * r['median_s'] / LATERAL_GRAD_BATCH, '.1f'),
+                   fmt(None if mem is None else mem / 2**20, '.1f'),
+                   fmt(r['speedup_vs_gram'], '.2f')])
+    results += shape_results
+  print_table(f'4. Forward + backward through {args.lateral_grad_steps} LCA steps at '
+              f'N={LATERAL_GRAD_BATCH}, d/d(images, dictionary) of sum(codes * probe), '
+              f'median of {args.reps} interleaved runs',
+              ['shape', 'grad', 'lateral', 'compile s', 'median s', 'min s', 'ms/image',
+               'XLA mem MiB', 'speedup vs gram'], rows)
+  for shape in args.shapes:
+    print(f'   {shape}: {SHAPE_NOTES[shape]} (at N={LATERAL_GRAD_BATCH})')
+  return results
+
+
 def section_fista(args) -> dict:
   r = bench_fista_gap(args)
   print_table(f'3. FISTA time to (E - E*)/E* <= {GAP_TARGET:g}, shape (a), E* from '
@@ -530,11 +583,13 @@ def parse_args(argv=None):
   p.add_argument('--shapes', default=None, help='comma list of a,b,c (default all; quick: b)')
   p.add_argument('--json-out', default=DEFAULT_JSON)
   p.add_argument('--sections', default='forward,grad,fista',
-                 help='comma list of forward,grad,fista')
+                 help='comma list of forward,grad,fista,lateral_grad (opt-in: slow)')
   p.add_argument('--steps', type=int, default=None, help='LCA iterations (default 500)')
   p.add_argument('--reps', type=int, default=None, help='timed runs (default 5)')
-  p.add_argument('--laterals', default='recon,gram,gemm',
-                 help="mi_jax lateral modes to time in the forward section")
+  p.add_argument('--laterals', default='recon,gram,gemm,fft',
+                 help='mi_jax lateral modes to time in the forward and lateral_grad sections')
+  p.add_argument('--lateral-grad-steps', type=int, default=40,
+                 help='LCA steps of the lateral_grad section')
   p.add_argument('--lam', type=float, default=0.5)
   p.add_argument('--fista-reference-steps', type=int, default=None,
                  help='FISTA iterations for E* (default 3000)')
@@ -549,6 +604,9 @@ def parse_args(argv=None):
   unknown = set(args.shapes) - set(SHAPES)
   if unknown:
     p.error(f'unknown shapes {sorted(unknown)}; choose from {sorted(SHAPES)}')
+  unknown = set(args.laterals) - set(LATERALS)
+  if unknown:
+    p.error(f'unknown laterals {sorted(unknown)}; choose from {LATERALS}')
   return args
 
 
@@ -580,6 +638,9 @@ def main(argv=None):
   if 'fista' in args.sections:
     out['fista'] = section_fista(args)
     out['load']['after_fista'] = load_average()
+  if 'lateral_grad' in args.sections:
+    out['lateral_grad'] = section_lateral_grad(args)
+    out['load']['after_lateral_grad'] = load_average()
   print(f"\nload average (1, 5, 15 min): {json.dumps(out['load'])}")
   os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
   with open(args.json_out, 'w') as f:

@@ -21,19 +21,41 @@ lateral connectivity plus its self term. lcapt removes the self term
 A dense dictionary ``(D, F)`` is the special case of a 1×1 kernel on a 1×1
 canvas; :func:`as_conv` converts it.
 
-The lateral term ``(ΦᵀΦ − diag‖ω‖²) a`` has two exact formulations:
+The lateral term ``(ΦᵀΦ − diag‖ω‖²) a`` has four exact formulations:
 
 * ``'recon'``: one transposed conv and one conv per step, cost
   ``≈ 2·H'W'·F·C·kh·kw`` MACs per sample;
 * ``'gram'``: one stride-1 conv with a precomputed ``(2m_h+1)×(2m_w+1)×F×F``
   kernel, ``m = (k − 1) // s``, cost ``≈ H'W'·F²·(2m_h+1)(2m_w+1)``;
 * ``'gemm'``: the ``'recon'`` arithmetic as im2col/col2im GEMMs, which
-  XLA:CPU runs much faster than convolutions inside a compiled loop.
+  XLA:CPU runs much faster than convolutions inside a compiled loop;
+* ``'fft'``: the ``'gram'`` correlation by the convolution theorem.
+
+The FFT form. The gram form computes, on the code grid (codes zero outside
+it), ``G a [p] = Σ_{|d| ≤ m} a[p + d] K[m + d]`` with ``K = gram_kernel``:
+a linear convolution ``(a ∗ K')[p] = Σ_e a[p − e] K'[e]`` with the flipped
+kernel ``K'[e] = K[m − e]``. Zero-pad ``a`` to an ``S_h × S_w`` grid and
+place ``K'[e]`` at ``e mod S``; the circular convolution of the two is then
+
+    G a = crop_{H'×W'}( irfft2( rfft2(pad_S a)[u, v, f] · K̂[u, v, f, g] ) ),
+    K̂ = rfft2(K' placed mod S)     (once per solve; differentiable in Ω)
+
+and it equals the linear one on the code grid when ``S ≥ H' + m`` per axis:
+for an output ``p ∈ [0, H')`` and a tap ``|e| ≤ m``, an index ``p − e``
+that leaves the grid lies in ``[−m, 0)`` or ``[H', H' + m)``, which wraps
+into ``[S − m, S)`` resp. stays in ``[H', S)``: the zero padding, never the
+codes. Taps with ``|e| ≥ H'`` never meet a code, so ``m`` is first clipped to
+``H' − 1``. The result is therefore the same sum as ``'gram'`` in exact
+arithmetic; in float32 only the FFTs' rounding differs (``O(ε log S)``
+relative to the size of the terms). Cost per sample ≈ two real FFTs of
+``F`` channels (``∝ F·S_hS_w·log₂(S_hS_w)``) plus ``S_h(S_w/2+1)·F²``
+complex MACs, independent of the kernel's radius.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Literal
 
 import jax
@@ -221,13 +243,72 @@ def lateral_gemm(codes, dictionary, geom):
   return gram_codes - atom_sq_norms(dictionary) * codes
 
 
+def _smooth_size(n: int) -> int:
+  """Smallest integer ≥ n whose prime factors are 2, 3 and 5 (fast FFT sizes)."""
+  size = n
+  while True:
+    rest = size
+    for p in (2, 3, 5):
+      while rest % p == 0:
+        rest //= p
+    if rest == 1:
+      return size
+    size += 1
+
+
+def fft_radius(geom: Geometry) -> tuple[int, int]:
+  """Gram radius clipped to H' − 1: wider taps never meet a code."""
+  return tuple(min(m, h - 1) for m, h in zip(geom.gram_radius, geom.code_hw))
+
+
+def fft_shape(geom: Geometry) -> tuple[int, int]:
+  """FFT grid S ≥ H' + m per axis (no wrap-around onto the codes), 5-smooth."""
+  return tuple(_smooth_size(h + m) for h, m in zip(geom.code_hw, fft_radius(geom)))
+
+
+def gram_spectrum(kernel: jax.Array, geom: Geometry) -> jax.Array:
+  """K̂ = rfft2 of the flipped gram kernel placed at offsets mod S.
+
+  ``kernel`` is :func:`gram_kernel`'s ``(2m_h+1, 2m_w+1, F, F)``; returns
+  the complex ``(S_h, S_w//2 + 1, F, F)`` spectrum used by
+  :func:`lateral_fft`.
+  """
+  (mh, mw), (rh, rw) = geom.gram_radius, fft_radius(geom)
+  sh, sw = fft_shape(geom)
+  # Index i of the flipped, clipped kernel holds K'[i − r] = K[m − i + r].
+  flipped = jnp.flip(kernel[mh - rh:mh + rh + 1, mw - rw:mw + rw + 1], axis=(0, 1))
+  placed = jnp.pad(flipped, ((0, sh - 2 * rh - 1), (0, sw - 2 * rw - 1), (0, 0), (0, 0)))
+  # Rolling by −r moves offset e = i − r to index e mod S.
+  placed = jnp.roll(placed, (-rh, -rw), axis=(0, 1))
+  return jnp.fft.rfft2(placed, axes=(0, 1))
+
+
+def lateral_fft(codes: jax.Array, spectrum: jax.Array, geom: Geometry) -> jax.Array:
+  """G ⋆ a by real FFTs: same numbers as :func:`lateral_with_kernel` up to rounding."""
+  (hc, wc), (sh, sw) = geom.code_hw, fft_shape(geom)
+  padded = jnp.pad(codes, ((0, 0), (0, sh - hc), (0, sw - wc), (0, 0)))
+  product = jnp.einsum('nuvf,uvfg->nuvg', jnp.fft.rfft2(padded, axes=(1, 2)), spectrum,
+                       precision=jax.lax.Precision.HIGHEST)
+  return jnp.fft.irfft2(product, s=(sh, sw), axes=(1, 2))[:, :hc, :wc]
+
+
 def lateral_flops(geom: Geometry, channels: int, features: int) -> dict[str, int]:
-  """Multiply-accumulates per sample and step of each lateral formulation."""
+  """Multiply-accumulates per sample and step of each lateral formulation.
+
+  'recon' is also the count of 'gemm'. For 'fft', a real FFT of n points is
+  taken as ≈ 1.25·n·log₂n real MACs (half of a complex one's 5·n·log₂n
+  flops), one forward and one inverse per atom, plus 4 real MACs per complex
+  MAC of the per-frequency F × F products.
+  """
   (hc, wc), (kh, kw) = geom.code_hw, geom.kernel_hw
   mh, mw = geom.gram_radius
+  sh, sw = fft_shape(geom)
+  n = sh * sw
   return {
       'recon': 2 * hc * wc * features * channels * kh * kw,
       'gram': hc * wc * features * features * (2 * mh + 1) * (2 * mw + 1),
+      'fft': round(2.5 * features * n * math.log2(max(n, 2)))
+             + 4 * sh * (sw // 2 + 1) * features * features,
   }
 
 

@@ -34,8 +34,27 @@ from mi_jax.lca.thresholds import THRESHOLDS
 SOLVERS = ('lca', 'fista')
 GRADS = ('auto', 'unroll', 'checkpoint', 'implicit')
 PADDINGS = ('same', 'valid')
-LATERALS = ('auto', 'recon', 'gram', 'gemm')
+LATERALS = ('auto', 'recon', 'gram', 'gemm', 'fft')
 _RECON_ADVANTAGE = 4.0  # 'auto' picks 'recon' only below 1/4 of the Gram FLOPs
+# 'auto' on XLA:CPU: estimated time = factor × multiply-adds
+# (operators.lateral_flops; 'gemm' counts as 'recon'), relative to the gram
+# conv's rate. Measured (jax 0.10.2, XLA:CPU on 2 shared cores, N = 16, time
+# per step and sample from the difference of 51- and 11-step solves, 5×5
+# atoms), in ns per 1000 MACs, gram / gemm / fft:
+#   28²×1→16 (SG layer 1)   0.030 / 0.148 / 0.190   (gemm fastest: 93 µs)
+#   28²×16→28 (SG layer 2)  0.027 / 0.135 / 0.157   (fft fastest: 380 µs)
+#   28²×1→64                0.020 / 0.056 / 0.210   (gemm)
+#   32²×3→64                0.029 / 0.066 / 0.145   (gemm)
+#   28²×8→8                 0.088 / 0.308 / 0.304   (fft)
+#   14²×32→32, 3×3 atoms    0.016 / 0.060 / 0.182   (gram)
+#   28²×16→28, 'valid'      0.040 / 0.109 / 0.177   (fft)
+#   28²×16→28, stride 2     0.028 / 0.121 / 0.193   (gram ≈ fft: 106 vs 115 µs)
+#   28²×1→64, stride 2      0.016 / 0.105 / 0.126   (gemm)
+# Ratios to gram: gemm 2.3–6.6 (median ≈ 4, today's _RECON_ADVANTAGE), fft
+# 3.5–11 (median ≈ 6); 8 picks the fastest form in every row above. No
+# accelerator was available to measure FFTs on GPU/TPU, so off CPU 'auto'
+# keeps the recon-vs-gram rule and never picks 'fft'.
+_CPU_COST_FACTORS = {'gram': 1.0, 'gemm': _RECON_ADVANTAGE, 'fft': 8.0}
 
 
 class SolveInfo(NamedTuple):
@@ -117,10 +136,14 @@ def solve(
       ``'auto'``: unroll for LCA, implicit for FISTA.
     lateral: how LCA applies G = ΦᵀΦ − diag‖ω‖²: ``'recon'`` (transposed conv
       + conv), ``'gemm'`` (the same through im2col GEMMs), ``'gram'`` (one
-      conv with the precomputed (2m+1)²·F² kernel) or ``'auto'`` (the
-      reconstruction path when it needs under a quarter of the Gram form's
-      multiply-adds, as 'gemm' on CPU and 'recon' elsewhere; else 'gram').
-      Same numbers either way.
+      conv with the precomputed (2m+1)²·F² kernel), ``'fft'`` (the gram
+      correlation by real FFTs on a zero-padded S ≥ H' + m grid) or
+      ``'auto'``: on CPU the form with the least measured-cost-weighted
+      multiply-adds among 'gram', 'gemm' and 'fft'; elsewhere the
+      reconstruction path ('recon') when it needs under a quarter of the
+      Gram form's multiply-adds, else 'gram'. Same numbers either way (up
+      to float32 rounding). Dense problems have no code grid: 'fft' runs
+      as 'gram' (the F × F matrix) there.
     tol: FISTA only: stop once the largest per-sample relative code change is
       below ``tol`` (needs ``grad='implicit'``).
     return_info: also return :class:`SolveInfo`.
@@ -200,6 +223,10 @@ def _lateral_operator(dictionary, static: _Static):
   if static.lateral == 'gram':
     kernel = operators.gram_kernel(dictionary, static.geom)
     return lambda codes: operators.lateral_with_kernel(codes, kernel)
+  if static.lateral == 'fft':
+    kernel = operators.gram_kernel(dictionary, static.geom)
+    spectrum = operators.gram_spectrum(kernel, static.geom)
+    return lambda codes: operators.lateral_fft(codes, spectrum, static.geom)
   if static.lateral == 'gemm':
     return lambda codes: operators.lateral_gemm(codes, dictionary, static.geom)
   return lambda codes: operators.lateral_recon(codes, dictionary, static.geom)
@@ -347,14 +374,9 @@ def _validate(x, dictionary, *, lam, n_steps, solver, tau, dt, stride, padding,
   if not cg_tol > 0 or int(cg_maxiter) < 1:
     raise ValueError(f"cg_tol must be > 0 and cg_maxiter >= 1, got {cg_tol!r}, {cg_maxiter!r}")
   if lateral == 'auto':
-    flops = operators.lateral_flops(geom, d_shape[-2], d_shape[-1])
-    # The reconstruction path does fewer FLOPs, but runs at a lower rate:
-    # it must save a lot before it wins. On CPU its GEMM form is used, since
-    # XLA:CPU convolutions inside a loop body are several times slower.
-    if flops['gram'] > _RECON_ADVANTAGE * flops['recon']:
-      lateral = 'gemm' if jax.default_backend() == 'cpu' else 'recon'
-    else:
-      lateral = 'gram'
+    lateral = auto_lateral(geom, d_shape[-2], d_shape[-1], jax.default_backend())
+  if dense and lateral == 'fft':
+    lateral = 'gram'  # a 1×1 code grid: the FFT of size 1 is the identity
   return _Static(
       geom=geom, dense=dense, n_steps=int(n_steps), solver=solver, threshold=threshold,
       nonneg=bool(nonneg), normalize_input=bool(normalize_input), grad=grad,
@@ -363,6 +385,19 @@ def _validate(x, dictionary, *, lam, n_steps, solver, tau, dt, stride, padding,
       want_trajectory=bool(return_trajectory), cg_tol=float(cg_tol),
       cg_maxiter=int(cg_maxiter),
   )
+
+
+def auto_lateral(geom: operators.Geometry, channels: int, features: int, backend: str) -> str:
+  """The lateral form ``lateral='auto'`` runs for this shape on ``backend``."""
+  flops = operators.lateral_flops(geom, channels, features)
+  flops['gemm'] = flops['recon']
+  if backend == 'cpu':
+    # 'recon' is left out: its GEMM form does the same arithmetic faster on
+    # XLA:CPU, whose two convolutions inside a loop body are slow.
+    return min(_CPU_COST_FACTORS, key=lambda form: _CPU_COST_FACTORS[form] * flops[form])
+  # The reconstruction path does fewer FLOPs, but runs at a lower rate: it
+  # must save a lot before it wins.
+  return 'recon' if flops['gram'] > _RECON_ADVANTAGE * flops['recon'] else 'gram'
 
 
 def _choice(name, value, allowed):

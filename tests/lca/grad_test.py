@@ -34,13 +34,14 @@ def _directional_fd(loss, args, direction_index, direction, eps):
   return (loss(*plus) - loss(*minus)) / (2 * eps)
 
 
+@pytest.mark.parametrize('lateral', ['auto', 'fft'])
 @pytest.mark.parametrize('grad', ['unroll', 'checkpoint'])
 @pytest.mark.parametrize('nonneg', [True, False])
-def test_unrolled_gradients_match_finite_differences(grad, nonneg):
+def test_unrolled_gradients_match_finite_differences(grad, nonneg, lateral):
   with jax.enable_x64(True):
     x, d, weights = _problem(0)
     loss = _loss_fn(weights, n_steps=40, tau=5.0, grad=grad, nonneg=nonneg,
-                    normalize_input=True)
+                    normalize_input=True, lateral=lateral)
     args = (jnp.asarray(x), jnp.asarray(d), jnp.asarray(0.15))
     grads = jax.grad(loss, argnums=(0, 1, 2))(*args)
     rng = np.random.default_rng(1)
@@ -50,6 +51,23 @@ def test_unrolled_gradients_match_finite_differences(grad, nonneg):
       got = jnp.vdot(grads[index], direction)
       np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
     assert float(jnp.abs(grads[2])) > 0  # λ has a real gradient
+
+
+@pytest.mark.parametrize('grad', ['unroll', 'checkpoint'])
+@pytest.mark.parametrize('stride,padding,kernel', [(1, 'same', (5, 5)), (2, 'same', (3, 5)),
+                                                   ((2, 1), 'valid', (4, 3))])
+def test_fft_gradients_equal_gram_gradients(grad, stride, padding, kernel):
+  """d/d(x, Ω, λ) through 40 steps: the FFT form's = the Gram form's (float32)."""
+  x, d, weights = _problem(9, hw=(9, 8), c=3, f=5, k=kernel)
+  args = (jnp.asarray(x, jnp.float32), jnp.asarray(d, jnp.float32), 0.15)
+  options = dict(n_steps=40, tau=5.0, grad=grad, stride=stride, padding=padding,
+                 normalize_input=True)
+  gram = jax.grad(_loss_fn(weights, lateral='gram', **options), argnums=(0, 1, 2))(*args)
+  fft = jax.grad(_loss_fn(weights, lateral='fft', **options), argnums=(0, 1, 2))(*args)
+  for a, b in zip(gram, fft):
+    scale = float(np.abs(np.asarray(a)).max())
+    assert scale > 1e-2
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-6 * scale, rtol=0)
 
 
 def test_checkpointed_gradients_equal_unrolled():
@@ -102,32 +120,32 @@ def test_implicit_gradient_with_tolerance_stop():
   np.testing.assert_allclose(np.asarray(early), np.asarray(full), atol=1e-3)
 
 
-def test_vmap_over_examples_equals_batched_call():
+@pytest.mark.parametrize('solver,lateral', [('lca', 'auto'), ('lca', 'fft'), ('fista', 'auto')])
+def test_vmap_over_examples_equals_batched_call(solver, lateral):
   x, d, _ = _problem(6, n=3)
   x, d = jnp.asarray(x, jnp.float32), jnp.asarray(d, jnp.float32)
-  for solver in ('lca', 'fista'):
-    batched = lca.solve(x, d, lam=0.1, n_steps=50, tau=10.0, solver=solver)
-    mapped = jax.vmap(
-        lambda xi: lca.solve(xi[None], d, lam=0.1, n_steps=50, tau=10.0, solver=solver)[0]
-    )(x)
-    np.testing.assert_allclose(np.asarray(mapped), np.asarray(batched), atol=1e-6)
+  options = dict(lam=0.1, n_steps=50, tau=10.0, solver=solver, lateral=lateral)
+  batched = lca.solve(x, d, **options)
+  mapped = jax.vmap(lambda xi: lca.solve(xi[None], d, **options)[0])(x)
+  np.testing.assert_allclose(np.asarray(mapped), np.asarray(batched), atol=1e-6)
 
 
-def test_lambda_tau_dt_sweeps_do_not_recompile():
+@pytest.mark.parametrize('lateral', ['auto', 'fft'])
+def test_lambda_tau_dt_sweeps_do_not_recompile(lateral):
   x, d, _ = _problem(7)
   x, d = jnp.asarray(x, jnp.float32), jnp.asarray(d, jnp.float32)
-  lca.solve(x, d, lam=0.1, n_steps=20)  # compile once
+  lca.solve(x, d, lam=0.1, n_steps=20, lateral=lateral)  # compile once
   before = solve_module._solve._cache_size()
   for lam, tau, dt in [(0.2, 50.0, 1.0), (0.3, 10.0, 0.5), (0.05, 1000.0, 2.0)]:
-    lca.solve(x, d, lam=lam, n_steps=20, tau=tau, dt=dt)
+    lca.solve(x, d, lam=lam, n_steps=20, tau=tau, dt=dt, lateral=lateral)
   assert solve_module._solve._cache_size() == before
-  lca.solve(x, d, lam=0.1, n_steps=21)  # n_steps is static: one new program
+  lca.solve(x, d, lam=0.1, n_steps=21, lateral=lateral)  # n_steps is static: one new program
   assert solve_module._solve._cache_size() == before + 1
 
   @jax.jit
   @chex.assert_max_traces(n=1)
   def sweep_point(lam, tau):
-    return lca.solve(x, d, lam=lam, n_steps=20, tau=tau)
+    return lca.solve(x, d, lam=lam, n_steps=20, tau=tau, lateral=lateral)
 
   for lam in (0.1, 0.25, 0.5, 0.75):
     sweep_point(lam, 100.0)

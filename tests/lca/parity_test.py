@@ -2,6 +2,7 @@
 
 import zlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from mi_jax import lca
 from tests.lca import reference
 
 TOLERANCE = 1e-5
+LATERALS = ['recon', 'gram', 'gemm', 'fft']
 
 
 def _problem(seed, *, n=2, hw=(11, 9), c=2, f=5, k=(5, 5)):
@@ -30,7 +32,7 @@ def _oihw(d):
 @pytest.mark.parametrize('stride', [1, 2])
 @pytest.mark.parametrize('nonneg', [True, False])
 @pytest.mark.parametrize('threshold', ['soft', 'hard'])
-@pytest.mark.parametrize('lateral', ['recon', 'gram', 'gemm'])
+@pytest.mark.parametrize('lateral', LATERALS)
 def test_matches_lcapt(stride, nonneg, threshold, lateral):
   seed = zlib.crc32(repr((stride, nonneg, threshold, lateral)).encode()) % 1000
   x, d = _problem(seed)
@@ -50,22 +52,58 @@ def test_matches_lcapt(stride, nonneg, threshold, lateral):
   np.testing.assert_allclose(_nchw(codes), expected, atol=TOLERANCE, rtol=0)
 
 
-def test_matches_lcapt_sparse_guard_setting():
-  """SG's layer: 500 iterations, τ = 100, λ = 0.5, 5×5, on 28×28 inputs."""
+@pytest.fixture(scope='module')
+def sparse_guard_layer1():
+  """(x, d, float64 lcapt codes) of SG's first layer: 500 iterations, τ = 100, λ = 0.5."""
   x, d = _problem(7, n=2, hw=(28, 28), c=1, f=6)
-  codes = lca.solve(x, d, lam=0.5, n_steps=500, tau=100.0, normalize_input=True)
   expected = reference.lcapt_conv2d_forward(
       _nchw(x), _oihw(d), lam=0.5, tau=100.0, n_steps=500, stride=(1, 1))
+  return x, d, expected
+
+
+@pytest.mark.parametrize('lateral', ['auto', *LATERALS])
+def test_matches_lcapt_sparse_guard_setting(sparse_guard_layer1, lateral):
+  """SG's layer: 500 iterations, τ = 100, λ = 0.5, 5×5, on 28×28 inputs."""
+  x, d, expected = sparse_guard_layer1
+  codes = lca.solve(x, d, lam=0.5, n_steps=500, tau=100.0, normalize_input=True,
+                    lateral=lateral)
   np.testing.assert_allclose(_nchw(codes), expected, atol=TOLERANCE, rtol=0)
 
 
-@pytest.mark.parametrize('lateral', ['recon', 'gram', 'gemm'])
+SG_LAYER2 = dict(lam=0.5, n_steps=500, tau=100.0, normalize_input=True)
+
+
+@pytest.fixture(scope='module')
+def sparse_guard_layer2():
+  """(x, d, float64 codes) of SG's second layer (28×28×16 → 28), 500 steps.
+
+  The NumPy lcapt oracle needs ~40 s per image at this size, so the float64
+  reference is mi_jax's 'gemm' form under x64 (checked against that oracle
+  by the tests above; it shares no code with the FFT or Gram kernels).
+  """
+  x, d = _problem(17, n=2, hw=(28, 28), c=16, f=28)
+  with jax.enable_x64(True):
+    expected = np.asarray(lca.solve(jnp.asarray(x, jnp.float64), jnp.asarray(d, jnp.float64),
+                                    lateral='gemm', **SG_LAYER2))
+  return x, d, expected
+
+
+@pytest.mark.parametrize('lateral', ['gram', 'fft'])
+def test_sparse_guard_layer2_matches_float64(sparse_guard_layer2, lateral):
+  x, d, expected = sparse_guard_layer2
+  codes = lca.solve(x, d, lateral=lateral, **SG_LAYER2)
+  assert codes.dtype == jnp.float32
+  assert np.abs(expected).max() > 1.0 and 0.05 < np.mean(expected != 0) < 0.9
+  np.testing.assert_allclose(np.asarray(codes), expected, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize('lateral', LATERALS)
 @pytest.mark.parametrize('kernel,stride', [((3, 5), (2, 1)), ((4, 4), (2, 2)), ((4, 3), (3, 2))])
 def test_matches_lcapt_valid_padding(kernel, stride, lateral):
   """'valid' padding, odd and even kernels (lcapt's other lateral-pad rules)."""
   x, d = _problem(3, hw=(12, 10), k=kernel)
   codes = lca.solve(x, d, lam=0.2, n_steps=80, tau=10.0, stride=stride, padding='valid',
-                    normalize_input=True)
+                    normalize_input=True, lateral=lateral)
   expected = reference.lcapt_conv2d_forward(
       _nchw(x), _oihw(d), lam=0.2, tau=10.0, n_steps=80, stride=stride, padding='valid')
   np.testing.assert_allclose(_nchw(codes), expected, atol=TOLERANCE, rtol=0)
@@ -102,12 +140,13 @@ def test_normalize_input_matches_lcapt_preprocessing():
       reference.lcapt_normalize(x.astype(np.float64)), atol=1e-5)
 
 
+@pytest.mark.parametrize('lateral', ['auto', *LATERALS])
 @pytest.mark.parametrize('nonneg', [True, False])
-def test_dense_matches_reference(nonneg):
+def test_dense_matches_reference(nonneg, lateral):
   rng = np.random.default_rng(0)
   x = rng.normal(size=(4, 12)).astype(np.float32)
   d = np.asarray(lca.normalize_dictionary(rng.normal(size=(12, 20)).astype(np.float32)))
-  codes = lca.solve(x, d, lam=0.3, n_steps=200, tau=10.0, nonneg=nonneg)
+  codes = lca.solve(x, d, lam=0.3, n_steps=200, tau=10.0, nonneg=nonneg, lateral=lateral)
   expected = reference.dense_lca(x, d, lam=0.3, tau=10.0, n_steps=200, nonneg=nonneg)
   assert codes.shape == (4, 20)
   np.testing.assert_allclose(np.asarray(codes), expected, atol=TOLERANCE, rtol=0)

@@ -10,7 +10,7 @@ from mi_jax import lca
 
 @pytest.mark.parametrize('axis_type', [AxisType.Explicit, AxisType.Auto])
 @pytest.mark.parametrize('solver,lateral', [('lca', 'recon'), ('lca', 'gram'), ('lca', 'gemm'),
-                                            ('fista', 'auto')])
+                                            ('lca', 'fft'), ('fista', 'auto')])
 def test_sharded_batch_gives_the_same_codes(axis_type, solver, lateral):
   assert jax.device_count() == 8
   rng = np.random.default_rng(0)

@@ -26,6 +26,8 @@ D = np.zeros((3, 3, 1, 4), np.float32)
     ((X, D), {'threshold': 'medium'}, r"threshold must be one of \('soft', 'hard'\)"),
     ((X, D), {'padding': 'full'}, r"padding must be one of \('same', 'valid'\)"),
     ((X, D), {'grad': 'magic'}, r"grad must be one of"),
+    ((X, D), {'lateral': 'fourier'},
+     r"lateral must be one of \('auto', 'recon', 'gram', 'gemm', 'fft'\), got 'fourier'"),
     ((X, D), {'stride': 0}, r"stride must be a positive int or a pair"),
     ((X, D), {'grad': 'implicit'}, r"grad='implicit' differentiates a converged solution"),
     ((X, D), {'tol': 1e-3}, r"tol applies to solver='fista' only"),
