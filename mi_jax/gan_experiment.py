@@ -57,8 +57,10 @@ from mi_jax import experiment
 from mi_jax.attacks import gmi, kedmi, latent, ppa
 from mi_jax.train import gan
 from mi_jax.train.inference import apply_in_batches
+from mi_jax.utils import config_rules as rules
 from mi_jax.utils import results as results_io
 from mi_jax.utils import sweep
+from mi_jax.utils import workdir as workdir_lib
 from mi_jax.utils.figures import reconstruction_grid
 from mi_jax.utils.metric_writer import MetricWriter
 
@@ -76,50 +78,126 @@ def _check(ok: bool, message: str) -> None:
     raise ConfigError(message)
 
 
-def validate_config(config, *, num_devices: int) -> None:
-  """One-line :class:`ConfigError` for the first bad field, before any work."""
-  _check(len(config.attacks) > 0 and all(a in ATTACKS for a in config.attacks),
-         f"attacks must be a non-empty tuple of {ATTACKS}, got {tuple(config.attacks)!r}")
-  _check(len(config.defenses) > 0 and len(set(config.defenses)) == len(config.defenses),
-         f"defenses must be a non-empty tuple of distinct defense names, got {tuple(config.defenses)!r}")
+def _digits(min_length: int, what: str) -> rules.Rule:
+  return rules.tuple_of(rules.integer(low=0, high=9), min_length=min_length, text=f'{what} in [0, 9]')
+
+
+def _per_class(attack: str) -> str:
+  """The field of ``attack``'s block that sets its reconstructions per class."""
+  return {'gmi': 'attacks_per_class', 'kedmi': 'samples_per_class', 'ppa': 'final'}[attack]
+
+
+# Every field of configs/gan_attacks_mnist.py that the main experiment's
+# config does not have (those: mi_jax.experiment.FIELDS and the defense blocks).
+FIELDS = {
+    'experiment': rules.one_of(('gan_attacks',)),
+    'defenses': rules.tuple_of(rules.one_of(tuple(experiment.defenses.DEFENSES)), min_length=1,
+                               text=f'a non-empty tuple of distinct defense names from {tuple(experiment.defenses.DEFENSES)}'),
+    'attacks': rules.tuple_of(rules.one_of(ATTACKS), min_length=1, text=f'a non-empty tuple of {ATTACKS}'),
+    'attack_grad': rules.one_of(experiment.GRADS),
+    'private_classes': _digits(2, 'at least 2 distinct digits'),
+    'public_classes': _digits(1, 'at least 1 distinct digit'),
+    'data.public_limit': rules.optional(rules.integer(low=1)),
+    'data.test_limit': rules.optional(rules.integer(low=1)),
+    'gan.latent_dim': rules.integer(low=1),
+    'gan.width': rules.integer(low=1),
+    'gan.batch_size': rules.integer(low=1),
+    'gan.learning_rate': rules.number(above=0),
+    'gan.checkpoint_every_steps': rules.integer(low=1),
+    'gan.log_every_steps': rules.integer(low=1),
+    'gmi.gan_loss': rules.one_of(GAN_LOSSES['gmi']),
+    'gmi.gan_epochs': rules.integer(low=1),
+    'gmi.n_critic': rules.integer(low=1),
+    'gmi.iterations': rules.integer(low=1),
+    'gmi.learning_rate': rules.number(above=0),
+    'gmi.momentum': rules.number(low=0, below=1),
+    'gmi.lam': rules.number(low=0),
+    'gmi.clip': rules.optional(rules.number(above=0)),
+    'gmi.attacks_per_class': rules.integer(low=1),
+    'kedmi.gan_epochs': rules.integer(low=1),
+    'kedmi.n_critic': rules.integer(low=1),
+    'kedmi.iterations': rules.integer(low=1),
+    'kedmi.learning_rate': rules.number(above=0),
+    'kedmi.lam': rules.number(low=0),
+    'kedmi.init_log_var': rules.number(),
+    'kedmi.samples_per_class': rules.integer(low=1),
+    'ppa.gan_loss': rules.one_of(GAN_LOSSES['ppa']),
+    'ppa.gan_epochs': rules.integer(low=1),
+    'ppa.iterations': rules.integer(low=1),
+    'ppa.learning_rate': rules.number(above=0),
+    'ppa.clip': rules.optional(rules.number(above=0)),
+    'ppa.initial_candidates': rules.integer(low=1),
+    'ppa.candidates': rules.integer(low=1),
+    'ppa.final': rules.integer(low=1),
+    'ppa.selection_transforms': rules.integer(low=1),
+    'ppa.transform_scale': rules.tuple_of(rules.number(above=0, high=1), length=2,
+                                          text='(low, high) with 0 < low <= high <= 1'),
+    'ppa.transform_ratio': rules.tuple_of(rules.number(above=0), length=2, text='(low, high) with 0 < low <= high'),
+    'ppa.transform_rotation': rules.number(low=0, high=180),
+    'ppa.transform_flip': rules.number(low=0, high=1),
+    'evaluation.judge_scale': rules.one_of(tuple(experiment.judge_lib.SCALES)),
+    'evaluation.judge_dir': rules.optional(rules.TEXT),
+    'evaluation.fid': rules.BOOLEAN,
+    'evaluation.fid_batch_size': rules.integer(low=1),
+    'evaluation.fid_private_limit': rules.optional(rules.integer(low=1)),
+    'evaluation.kid_subsets': rules.integer(low=1),
+    'evaluation.kid_subset_size': rules.integer(low=2),
+    'evaluation.figure_attacks': rules.integer(low=1),
+}
+
+
+def _sizes(config) -> dict:
+  """The data sizes the configured limits promise (None: not limited, not known before loading)."""
+  return {'private': config.data.private_limit, 'public': config.data.public_limit}
+
+
+def validate_config(config, *, num_devices: int, sizes=None) -> None:
+  """One-line :class:`ConfigError` for the first bad field, before any work.
+
+  Every field has a rule: this experiment's own (:data:`FIELDS`), and the
+  main experiment's fields and defense blocks, checked on the config and on
+  each entry of ``defenses`` (:func:`mi_jax.experiment.validate_config`).
+  ``sizes``: {'private': n, 'public': n} of the loaded data; default, the
+  configured limits.
+  """
+  experiment.check_fields(config, FIELDS)
+  sizes = _sizes(config) if sizes is None else sizes
+  target_sizes = {'private': sizes.get('private')}  # no surrogate attack here: no held-out batch
+  experiment.validate_config(config, num_devices=num_devices, sizes=target_sizes)
   private, public = tuple(config.private_classes), tuple(config.public_classes)
-  _check(len(private) >= 2 and all(0 <= c <= 9 for c in private),
-         f"private_classes must be >= 2 digits in [0, 9], got {private!r}")
-  _check(len(public) >= 1 and all(0 <= c <= 9 for c in public),
-         f"public_classes must be digits in [0, 9], got {public!r}")
+  _check(len(set(config.defenses)) == len(config.defenses),
+         f"defenses must be a non-empty tuple of distinct defense names, got {tuple(config.defenses)!r}")
+  _check(len(set(private)) == len(private), f"private_classes must be distinct digits, got {private!r}")
+  _check(len(set(public)) == len(public), f"public_classes must be distinct digits, got {public!r}")
   _check(not set(private) & set(public),
          f"public_classes must not overlap private_classes (TL protocol), got {public!r} and {private!r}")
+  # A stratified subset keeps at least one image per class.
+  for field, limit, classes in (('data.private_limit', config.data.private_limit, private),
+                                ('data.test_limit', config.data.test_limit, private),
+                                ('data.public_limit', config.data.public_limit, public),
+                                ('evaluation.fid_private_limit', config.evaluation.fid_private_limit, private)):
+    _check(limit is None or limit >= len(classes),
+           f"{field} must be None or at least the {len(classes)} classes it is stratified over, got {limit!r}")
+  for field, size in (('gan.batch_size', config.gan.batch_size),
+                      ('evaluation.fid_batch_size', config.evaluation.fid_batch_size)):
+    _check(size % num_devices == 0, f"{field} must be a positive multiple of the {num_devices} devices, got {size!r}")
+  if sizes.get('public') is not None:
+    # The attacker's GANs (all three attacks) train on the public images.
+    _check(config.gan.batch_size <= sizes['public'],
+           f"gan.batch_size must be at most the {sizes['public']} images of the public set, got {config.gan.batch_size!r}")
   for name in config.defenses:
-    experiment.validate_config(_point_config(config, name), num_devices=num_devices)
-  _check(config.gan.latent_dim >= 1, f"gan.latent_dim must be >= 1, got {config.gan.latent_dim!r}")
-  _check(config.gan.learning_rate > 0, f"gan.learning_rate must be > 0, got {config.gan.learning_rate!r}")
-  _check(config.gan.batch_size >= 1 and config.gan.batch_size % num_devices == 0,
-         f"gan.batch_size must be a positive multiple of the {num_devices} devices, got {config.gan.batch_size!r}")
-  for attack in ('gmi', 'ppa'):
-    loss = config[attack].gan_loss
-    _check(loss in GAN_LOSSES[attack], f"{attack}.gan_loss must be one of {GAN_LOSSES[attack]}, got {loss!r}")
-  for attack in ATTACKS:
-    block = config[attack]
-    _check(block.gan_epochs >= 1, f"{attack}.gan_epochs must be >= 1, got {block.gan_epochs!r}")
-    _check(block.iterations >= 1, f"{attack}.iterations must be >= 1, got {block.iterations!r}")
-    _check(block.learning_rate > 0, f"{attack}.learning_rate must be > 0, got {block.learning_rate!r}")
-  for attack in ('gmi', 'ppa'):
-    clip = config[attack].clip
-    _check(clip is None or clip > 0, f"{attack}.clip must be > 0 or None, got {clip!r}")
-  _check(config.gmi.attacks_per_class >= 1,
-         f"gmi.attacks_per_class must be >= 1, got {config.gmi.attacks_per_class!r}")
-  _check(config.kedmi.samples_per_class >= 1,
-         f"kedmi.samples_per_class must be >= 1, got {config.kedmi.samples_per_class!r}")
-  _check(config.evaluation.kid_subsets >= 1,
-         f"evaluation.kid_subsets must be >= 1, got {config.evaluation.kid_subsets!r}")
-  _check(config.evaluation.kid_subset_size >= 2,
-         f"evaluation.kid_subset_size must be >= 2, got {config.evaluation.kid_subset_size!r}")
-  _check(config.attack_grad in experiment.GRADS,
-         f"attack_grad must be one of {experiment.GRADS}, got {config.attack_grad!r}")
+    experiment.validate_config(_point_config(config, name), num_devices=num_devices, sizes=target_sizes)
   p = config.ppa
-  _check(1 <= p.final <= p.candidates <= p.initial_candidates,
+  _check(p.final <= p.candidates <= p.initial_candidates,
          f"ppa needs 1 <= final <= candidates <= initial_candidates, got {p.final}, {p.candidates}, {p.initial_candidates}")
-  _check(p.selection_transforms >= 1, f"ppa.selection_transforms must be >= 1, got {p.selection_transforms!r}")
+  for field in ('transform_scale', 'transform_ratio'):
+    low, high = config.ppa[field]
+    _check(low <= high, f"ppa.{field} must be (low, high) with low <= high, got {(low, high)!r}")
+  for attack in config.attacks:
+    per_class = config[attack][_per_class(attack)]
+    _check(config.evaluation.figure_attacks <= per_class,
+           f"evaluation.figure_attacks must be at most {attack}.{_per_class(attack)} = {per_class} "
+           f"(the reconstructions per class), got {config.evaluation.figure_attacks!r}")
 
 
 def _point_config(config, defense: str, *, grad=None):
@@ -321,23 +399,48 @@ def _attack_key(config, defense_index: int, attack: str):
   return jax.random.fold_in(jax.random.key(config.seed + 101), 10 * defense_index + ATTACKS.index(attack))
 
 
-def run(config, workdir: str, *, mesh=None) -> list[dict]:
-  """Trains the GANs and targets, runs every defense × attack, writes the results."""
-  mesh = mesh if mesh is not None else mi_data.make_data_mesh()
-  validate_config(config, num_devices=mesh.devices.size)
+def _check_workdir(config, workdir) -> dict:
+  """Refuses a workdir that holds a finished run or another config, before anything is
+  written; returns {(defense, attack): (row, figure)} of the rows finished earlier."""
   results_path = os.path.join(workdir, 'results.json')
   if os.path.exists(results_path):
     raise FileExistsError(f"{results_path} exists: this workdir holds a finished run; choose a new --workdir")
-  os.makedirs(workdir, exist_ok=True)
-  config_path = os.path.join(workdir, 'config.json')
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      if json.load(f) != _to_json(config):
-        raise FileExistsError(f"{workdir} was started with a different config; resume with the same config "
-                              "or choose a new --workdir")
-  elif jax.process_index() == 0:
-    results_io.write_json_atomic(config_path, _to_json(config), overwrite=True)
+  workdir_lib.check_config(os.path.join(workdir, 'config.json'), _to_json(config))
+  finished = {}
+  for defense in config.defenses:
+    config_hash = results_io.config_hash(_to_json(_point_config(config, defense)))
+    for attack in config.attacks:
+      attack_dir = os.path.join(workdir, 'points', defense, attack)
+      done = workdir_lib.finished_point(
+          os.path.join(attack_dir, 'row.json'), os.path.join(attack_dir, 'figure.npz'), config_hash=config_hash,
+          figure_keys=('reconstructions',), expect={'defense': defense, 'attack': attack})
+      if done is not None:
+        finished[defense, attack] = done
+  return finished
+
+
+def run(config, workdir: str, *, mesh=None) -> list[dict]:
+  """Trains the GANs and targets, runs every defense × attack, writes the results.
+
+  Nothing is written before the config (fields, batches against the loaded
+  data) and the workdir (lock, finished run, config, reusable rows) pass.
+  """
+  mesh = mesh if mesh is not None else mi_data.make_data_mesh()
+  validate_config(config, num_devices=mesh.devices.size)
   split, public_images, public_labels = load_protocol(config)
+  validate_config(config, num_devices=mesh.devices.size,
+                  sizes={'private': len(split.private_labels), 'public': len(public_labels)})
+  writes = jax.process_index() == 0
+  with workdir_lib.locked(workdir, enabled=writes):
+    finished = _check_workdir(config, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if writes:
+      results_io.write_json_atomic(os.path.join(workdir, 'config.json'), _to_json(config), overwrite=True)
+    return _run_points(config, workdir, mesh=mesh, split=split, public_images=public_images,
+                       public_labels=public_labels, finished=finished, writes=writes)
+
+
+def _run_points(config, workdir, *, mesh, split, public_images, public_labels, finished, writes) -> list[dict]:
   judge, judge_note = load_judge(config, workdir, mesh)
   gans = {}
   if 'gmi' in config.attacks:
@@ -367,11 +470,8 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
     for attack in config.attacks:
       attack_dir = os.path.join(point_dir, attack)
       row_path, figure_path = os.path.join(attack_dir, 'row.json'), os.path.join(attack_dir, 'figure.npz')
-      if os.path.exists(row_path) and os.path.exists(figure_path):
-        with open(row_path) as f:
-          row = json.load(f)
-        with np.load(figure_path) as saved:
-          figure = dict(saved)
+      if (defense, attack) in finished:
+        row, figure = finished[defense, attack]
         print(f"    {attack}: already done ({row_path})", flush=True)
       else:
         os.makedirs(attack_dir, exist_ok=True)
@@ -399,7 +499,7 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
             **extras, 'seconds': round(time.perf_counter() - attack_started + target_seconds, 1),
         }
         figure = _figure(result, config.evaluation.figure_attacks, classes)
-        if jax.process_index() == 0:
+        if writes:
           _write_npz_atomic(figure_path, figure)
           results_io.write_json_atomic(row_path, row, overwrite=True)
         writer.write(f'result_{attack}', 0, {k: v for k, v in row.items() if isinstance(v, (int, float))})
@@ -410,7 +510,7 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
             f" (unoptimised {_fmt(row.get('attack_top5_unoptimized'), 3)})  KNN {_fmt(row['knn_distance'], 2)}"
             f"  FID {_fid_cell(row)}  KID×10³ {_kid_cell(row)}"
             f"  (target on reconstructions {row['target_accuracy_on_reconstructions']:.3f})", flush=True)
-  if jax.process_index() == 0:
+  if writes:
     _write_outputs(rows, figures, originals, workdir)
   return rows
 
@@ -486,4 +586,4 @@ def _write_outputs(rows, figures, originals, workdir) -> None:
     by_defense = {results_io.defense_label(row['defense'], row['lam'], row.get('knob', 'λ')): figure['reconstructions']
                   for row, figure in figures if row['attack'] == attack}
     reconstruction_grid(originals, by_defense, os.path.join(workdir, f"reconstructions_{attack}.png"), overwrite=True)
-  results_io.write_json_atomic(os.path.join(workdir, 'results.json'), rows)
+  workdir_lib.write_final(os.path.join(workdir, 'results.json'), rows)

@@ -78,7 +78,10 @@ def test_every_attack_against_two_defenses(tmp_path, synthetic_data):
     ({'attacks': ('gmi', 'vmi')}, 'attacks must be'),
     ({'ppa.final': 9}, 'ppa needs'),
     ({'gmi.gan_loss': 'kedmi'}, 'gmi.gan_loss'),
-    ({'defenses': ('no-defense', 'nope')}, 'defense.name'),
+    ({'defenses': ('no-defense', 'nope')}, 'defenses must be'),
+    # Issue 10: passed validation, then the NaN guard's traceback.
+    ({'gan.learning_rate': float('inf')}, 'gan.learning_rate must be a finite number > 0, got inf'),
+    ({'gan.batch_size': 128}, 'gan.batch_size must be at most the 64 images of the public set'),
 ])
 def test_bad_config_fails_with_one_line_and_writes_nothing(tmp_path, override, message):
   with pytest.raises(gan_experiment.ConfigError, match=message) as error:

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from ml_collections import config_dict
 
 from mi_jax.defenses import dependence
+from mi_jax.utils import config_rules as rules
 
 MEASURES = ('hsic', 'coco')
 Y_KERNELS = dependence.KERNELS
@@ -76,19 +77,18 @@ def config_block() -> config_dict.ConfigDict:
 
 
 def validate(config) -> None:
+  """One-line ``ValueError`` for a bad ``defense.bido`` field."""
   cfg = config.defense.bido
-  if cfg.measure not in MEASURES:
-    raise ValueError(f"defense.bido.measure must be one of {MEASURES}, got {cfg.measure!r}")
-  if cfg.estimator not in dependence.HSIC_ESTIMATORS:
-    raise ValueError(f"defense.bido.estimator must be one of {dependence.HSIC_ESTIMATORS}, got {cfg.estimator!r}")
-  if cfg.y_kernel not in Y_KERNELS:
-    raise ValueError(f"defense.bido.y_kernel must be one of {Y_KERNELS}, got {cfg.y_kernel!r}")
-  if not (cfg.lambda_x >= 0 and cfg.lambda_y >= 0):
-    raise ValueError(f"defense.bido.lambda_x and lambda_y must be >= 0, got {cfg.lambda_x!r}, {cfg.lambda_y!r}")
+  rules.check_fields(cfg, {
+      'measure': rules.one_of(MEASURES),
+      'estimator': rules.one_of(dependence.HSIC_ESTIMATORS),
+      'y_kernel': rules.one_of(Y_KERNELS),
+      'lambda_x': rules.number(low=0),
+      'lambda_y': rules.number(low=0),
+      'sigma': rules.optional(rules.number(above=0)),
+  }, 'defense.bido')
   if cfg.lambda_x == 0 and cfg.lambda_y == 0:
     raise ValueError("defense.bido.lambda_x and lambda_y are both 0: that is no defense (fidelity.md #9)")
-  if cfg.sigma is not None and not cfg.sigma > 0:
-    raise ValueError(f"defense.bido.sigma must be None or > 0, got {cfg.sigma!r}")
 
 
 def _dimension_sigma(sigma, features):

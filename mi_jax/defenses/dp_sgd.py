@@ -65,6 +65,7 @@ from mi_jax.data.batching import DATA_AXIS, check_batch_size, process_slice
 from mi_jax.train import loop
 from mi_jax.train.state import init_train_state, make_optimizer, merge_model, replicated
 from mi_jax.train.step import jit_step
+from mi_jax.utils import config_rules as rules
 
 NAME = 'dp-sgd'
 
@@ -105,23 +106,20 @@ def _is_number(value) -> bool:
 
 
 def validate(block) -> None:
-  """One-line ``ValueError`` for a bad field of ``config.defense.dp_sgd``."""
-  if not _is_number(block.noise_multiplier) or not block.noise_multiplier >= 0:
-    raise ValueError(f"defense.dp_sgd.noise_multiplier must be a number >= 0, got {block.noise_multiplier!r}")
-  if not _is_number(block.l2_clip) or not block.l2_clip > 0:
-    raise ValueError(f"defense.dp_sgd.l2_clip must be a number > 0, got {block.l2_clip!r}")
-  if not _is_number(block.delta) or not 0 < block.delta < 1:
-    raise ValueError(f"defense.dp_sgd.delta must be a number in (0, 1), got {block.delta!r}")
-  eps = block.target_epsilon
-  if eps is not None and (not _is_number(eps) or not eps > 0):
-    raise ValueError(f"defense.dp_sgd.target_epsilon must be None or a number > 0, got {eps!r}")
-  if block.sampling not in SAMPLINGS:
-    raise ValueError(f"defense.dp_sgd.sampling must be one of {SAMPLINGS}, got {block.sampling!r}")
-  if block.accountant not in ACCOUNTANTS:
-    raise ValueError(f"defense.dp_sgd.accountant must be one of {ACCOUNTANTS}, got {block.accountant!r}")
-  m = block.max_batch_size
-  if m is not None and (not isinstance(m, int) or isinstance(m, bool) or m < 1):
-    raise ValueError(f"defense.dp_sgd.max_batch_size must be None or an integer >= 1, got {m!r}")
+  """One-line ``ValueError`` for a bad field of ``config.defense.dp_sgd``.
+
+  (δ < 1/n needs the private set's size n: the experiment checks it once
+  the data is loaded, before anything is written.)
+  """
+  rules.check_fields(block, {
+      'noise_multiplier': rules.number(low=0),
+      'l2_clip': rules.number(above=0),
+      'delta': rules.number(above=0, below=1),
+      'target_epsilon': rules.optional(rules.number(above=0)),
+      'sampling': rules.one_of(SAMPLINGS),
+      'accountant': rules.one_of(ACCOUNTANTS),
+      'max_batch_size': rules.optional(rules.integer(low=1)),
+  }, 'defense.dp_sgd')
 
 
 def validate_config(config) -> None:

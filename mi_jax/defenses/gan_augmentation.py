@@ -51,6 +51,7 @@ from ml_collections import config_dict
 
 from mi_jax.train import gan as gan_train
 from mi_jax.train.state import make_optimizer
+from mi_jax.utils import config_rules as rules
 
 NAME = 'gan-augmentation'
 GAN_LOSSES = ('dcgan', 'wgan-gp')
@@ -93,25 +94,28 @@ def _block(config_or_block, field: str = 'gan_augmentation'):
 
 
 def validate_gan_fields(b, prefix: str) -> None:
-  """One-line ``ValueError`` for a bad shared GAN field of block ``prefix``."""
-  for field in ('gan_epochs', 'gan_batch_size', 'gan_n_critic', 'gan_width', 'latent_dim'):
-    value = b[field]
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-      raise ValueError(f'{prefix}.{field} must be an int >= 1, got {value!r}')
-  if not b.gan_learning_rate > 0:
-    raise ValueError(f'{prefix}.gan_learning_rate must be > 0, got {b.gan_learning_rate!r}')
-  if not 0 <= b.gan_beta1 < 1:
-    raise ValueError(f'{prefix}.gan_beta1 must be in [0, 1), got {b.gan_beta1!r}')
-  if b.gan_loss not in GAN_LOSSES:
-    raise ValueError(f'{prefix}.gan_loss must be one of {GAN_LOSSES}, got {b.gan_loss!r}')
+  """One-line ``ValueError`` for a bad shared GAN field of block ``prefix``.
+
+  (That ``gan_batch_size`` splits over the devices and fits the private set
+  is the experiment's check: it knows both.)
+  """
+  rules.check_fields(b, {
+      'gan_epochs': rules.integer(low=1),
+      'gan_batch_size': rules.integer(low=1),
+      'gan_n_critic': rules.integer(low=1),
+      'gan_width': rules.integer(low=1),
+      'latent_dim': rules.integer(low=1),
+      'gan_learning_rate': rules.number(above=0),
+      'gan_beta1': rules.number(low=0, below=1),
+      'gan_loss': rules.one_of(GAN_LOSSES),
+  }, prefix)
 
 
 def validate(config_or_block) -> None:
   """One-line ``ValueError`` for a bad ``defense.gan_augmentation`` field (block or full config)."""
   b = _block(config_or_block)
   validate_gan_fields(b, 'defense.gan_augmentation')
-  if not b.fake_fraction > 0:
-    raise ValueError(f'defense.gan_augmentation.fake_fraction must be > 0, got {b.fake_fraction!r}')
+  rules.check_fields(b, {'fake_fraction': rules.number(above=0)}, 'defense.gan_augmentation')
 
 
 # --------------------------------------------------------------- pieces

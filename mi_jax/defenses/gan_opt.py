@@ -75,6 +75,7 @@ from mi_jax import data as mi_data
 from mi_jax.analysis.fisher import classification_loss, empirical_fisher
 from mi_jax.defenses import gan_augmentation as gan_aug
 from mi_jax.train.state import make_optimizer
+from mi_jax.utils import config_rules as rules
 
 NAME = 'gan-opt'
 VARIANTS = ('bgan', 'wogan')
@@ -118,25 +119,18 @@ def validate(config_or_block) -> None:
   """One-line ``ValueError`` for a bad ``defense.gan_opt`` field (block or full config)."""
   b = gan_aug._block(config_or_block, 'gan_opt')
   gan_aug.validate_gan_fields(b, 'defense.gan_opt')
-  if b.variant not in VARIANTS:
-    raise ValueError(f'defense.gan_opt.variant must be one of {VARIANTS}, got {b.variant!r}')
-  if not isinstance(b.plus_plus, bool):
-    raise ValueError(f'defense.gan_opt.plus_plus must be True or False, got {b.plus_plus!r}')
-  if not isinstance(b.decoy, bool):
-    raise ValueError(f'defense.gan_opt.decoy must be True or False, got {b.decoy!r}')
-  if not b.fake_fraction > 0:
-    raise ValueError(f'defense.gan_opt.fake_fraction must be > 0, got {b.fake_fraction!r}')
-  if b.decoy_dataset is not None and b.decoy_dataset not in OTHER_DATASET:
-    raise ValueError(f'defense.gan_opt.decoy_dataset must be None or one of {tuple(OTHER_DATASET)}, got {b.decoy_dataset!r}')
-  for field in ('decoy_limit', 'decoy_epochs'):
-    if b[field] is not None and b[field] < 1:
-      raise ValueError(f'defense.gan_opt.{field} must be None or >= 1, got {b[field]!r}')
-  if b.recovery_epochs < 1:
-    raise ValueError(f'defense.gan_opt.recovery_epochs must be >= 1, got {b.recovery_epochs!r}')
-  if not b.ewc_lambda >= 0:
-    raise ValueError(f'defense.gan_opt.ewc_lambda must be >= 0, got {b.ewc_lambda!r}')
-  if b.fisher_examples < 1:
-    raise ValueError(f'defense.gan_opt.fisher_examples must be >= 1, got {b.fisher_examples!r}')
+  rules.check_fields(b, {
+      'variant': rules.one_of(VARIANTS),
+      'plus_plus': rules.BOOLEAN,
+      'decoy': rules.BOOLEAN,
+      'fake_fraction': rules.number(above=0),
+      'decoy_dataset': rules.optional(rules.one_of(tuple(OTHER_DATASET))),
+      'decoy_limit': rules.optional(rules.integer(low=1)),
+      'decoy_epochs': rules.optional(rules.integer(low=1)),
+      'recovery_epochs': rules.integer(low=1),
+      'ewc_lambda': rules.number(low=0),
+      'fisher_examples': rules.integer(low=1),
+  }, 'defense.gan_opt')
 
 
 # --------------------------------------------------------------- EWC

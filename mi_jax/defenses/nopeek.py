@@ -15,6 +15,7 @@ from __future__ import annotations
 from ml_collections import config_dict
 
 from mi_jax.defenses.dependence import distance_correlation
+from mi_jax.utils import config_rules as rules
 
 # Activation names the regulariser may decorrelate from the input.
 LAYERS = ('leak', 'first', 'last_hidden')
@@ -33,11 +34,9 @@ def config_block() -> config_dict.ConfigDict:
 
 
 def validate(config) -> None:
-  cfg = config.defense.nopeek
-  if not cfg.weight >= 0:
-    raise ValueError(f"defense.nopeek.weight must be >= 0, got {cfg.weight!r}")
-  if cfg.layer not in LAYERS:
-    raise ValueError(f"defense.nopeek.layer must be one of {LAYERS}, got {cfg.layer!r}")
+  """One-line ``ValueError`` for a bad ``defense.nopeek`` field."""
+  rules.check_fields(config.defense.nopeek, {'weight': rules.number(low=0), 'layer': rules.one_of(LAYERS)},
+                     'defense.nopeek')
 
 
 def split_layer(config) -> str:

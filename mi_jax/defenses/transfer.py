@@ -57,6 +57,7 @@ from mi_jax import data as mi_data
 from mi_jax.analysis.fisher import layer_name, layer_sizes, model_layer_order, rank_for_freezing
 from mi_jax.train.state import make_optimizer, merge_model, split_model
 from mi_jax.train.step import make_classifier_step
+from mi_jax.utils import config_rules as rules
 
 NAME = 'transfer-learning'
 PUBLIC_SOURCES = ('other_dataset', 'other_classes')
@@ -229,30 +230,44 @@ def _block(config_or_block):
 
 
 def validate(config_or_block) -> None:
-  """One-line ``ValueError`` for a bad ``defense.transfer`` field (block or full config)."""
+  """One-line ``ValueError`` for a bad ``defense.transfer`` field (block or full config).
+
+  Given the full config, ``freeze_depth`` and ``fisher_rank`` must also leave
+  a layer to train: the transfer target is the no-defense MLP,
+  ``model.hidden_layers[setting]`` hidden layers plus the classifier.
+  """
   b = _block(config_or_block)
-  if b.public not in PUBLIC_SOURCES:
-    raise ValueError(f'defense.transfer.public must be one of {PUBLIC_SOURCES}, got {b.public!r}')
-  if b.public_dataset is not None and b.public_dataset not in OTHER_DATASET:
-    raise ValueError(f'defense.transfer.public_dataset must be None or one of {tuple(OTHER_DATASET)}, got {b.public_dataset!r}')
+  rules.check_fields(b, {
+      'public': rules.one_of(PUBLIC_SOURCES),
+      'public_dataset': rules.optional(rules.one_of(tuple(OTHER_DATASET))),
+      'private_classes': rules.tuple_of(rules.integer(low=0, high=9), min_length=1,
+                                        text='1-9 distinct classes in [0, 10)'),
+      'public_limit': rules.optional(rules.integer(low=1)),
+      'pretrain_epochs': rules.optional(rules.integer(low=0)),
+      'freeze_by': rules.one_of(FREEZE_BY),
+      'freeze_depth': rules.integer(low=0),
+      'freeze_layers': rules.tuple_of(rules.TEXT, text='a tuple of layer names'),
+      'fisher_rank': rules.integer(low=0),
+      'fisher_json': rules.optional(rules.TEXT),
+      'reset_head': rules.BOOLEAN,
+  }, 'defense.transfer')
   classes = tuple(b.private_classes)
-  if not classes or len(set(classes)) != len(classes) or not all(0 <= int(c) < 10 for c in classes) or len(classes) >= 10:
+  if len(set(classes)) != len(classes) or len(classes) >= 10:
     raise ValueError(f'defense.transfer.private_classes must be 1-9 distinct classes in [0, 10), got {classes!r}')
-  if b.public_limit is not None and b.public_limit < 1:
-    raise ValueError(f'defense.transfer.public_limit must be None or >= 1, got {b.public_limit!r}')
-  if b.pretrain_epochs is not None and b.pretrain_epochs < 0:
-    raise ValueError(f'defense.transfer.pretrain_epochs must be None or >= 0, got {b.pretrain_epochs!r}')
-  if b.freeze_by not in FREEZE_BY:
-    raise ValueError(f'defense.transfer.freeze_by must be one of {FREEZE_BY}, got {b.freeze_by!r}')
-  if b.freeze_by == 'depth' and not b.freeze_depth >= 0:
-    raise ValueError(f'defense.transfer.freeze_depth must be >= 0, got {b.freeze_depth!r}')
-  if b.freeze_by == 'layers' and (isinstance(b.freeze_layers, str) or not b.freeze_layers):
-    raise ValueError(f'defense.transfer.freeze_layers must be a non-empty tuple of layer names, got {b.freeze_layers!r}')
-  if b.freeze_by == 'fisher':
-    if not b.fisher_rank >= 0:
-      raise ValueError(f'defense.transfer.fisher_rank must be >= 0, got {b.fisher_rank!r}')
-    if not b.fisher_json:
-      raise ValueError('defense.transfer.fisher_json must name a fisher.json (experiments/fisher_importance.py) when freeze_by=fisher')
+  if b.freeze_by == 'layers' and not b.freeze_layers:
+    raise ValueError(f'defense.transfer.freeze_layers must be a non-empty tuple of layer names when '
+                     f'freeze_by=layers, got {b.freeze_layers!r}')
+  if b.freeze_by == 'fisher' and b.fisher_json is None:
+    raise ValueError('defense.transfer.fisher_json must name a fisher.json (experiments/fisher_importance.py) when freeze_by=fisher')
+  if 'defense' in config_or_block:
+    config = config_or_block
+    hidden = config.model.hidden_layers[config.setting]
+    field = {'depth': 'freeze_depth', 'fisher': 'fisher_rank'}.get(b.freeze_by)
+    if field is not None and not b[field] < hidden + 1:
+      raise ValueError(
+          f'defense.transfer.{field} must be below the number of layers of the transfer target, {hidden + 1} '
+          f'(model.hidden_layers.{config.setting} = {hidden} hidden + the classifier), so that a layer trains; '
+          f'got {b[field]!r}')
 
 
 # ----------------------------------------------------------------- data

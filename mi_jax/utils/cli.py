@@ -14,13 +14,17 @@ is not optional, since a ConfigDict itself accepts None anywhere.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
+import re
 import sys
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from absl import app, flags, logging
-from ml_collections import config_flags
+from ml_collections import config_dict, config_flags
+
+from mi_jax.utils import host_devices
 
 NONE_LITERAL = 'None'
 
@@ -81,6 +85,123 @@ def check_none_overrides(config, overrides: Mapping[str, Any]) -> None:
 allow_none_overrides()
 
 
+def _user_errors() -> tuple:
+  """What a user can cause or fix (command line, config, data, disk, a busy
+  workdir, a run that diverged: its line names the step), printed as one line
+  with exit code 2, the README's promise. Anything else is a bug and keeps its
+  traceback. Imported when needed: this module must not import JAX before
+  ``jax.distributed.initialize()``."""
+  from mi_jax.data import DataUnavailableError
+  from mi_jax.train.loop import NonFiniteLossError
+  from mi_jax.utils.workdir import WorkdirBusyError
+  # ValueError covers ConfigError; OSError covers FileExistsError, StorageError
+  # (full or read-only disk, unwritable workdir) and CheckpointRestoreError.
+  return (DataUnavailableError, ValueError, OSError, NonFiniteLossError, WorkdirBusyError)
+
+
+def fail(message: str) -> None:
+  """``error: <message>`` on stderr (one line) and exit code 2."""
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _config_argument(argv) -> Optional[str]:
+  """The value of ``--config`` in ``argv`` (``--config=X`` or ``--config X``), or None."""
+  for i, arg in enumerate(argv):
+    if arg.startswith(('--config=', '-config=')):
+      return arg.split('=', 1)[1]
+    if arg in ('--config', '-config') and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _override_paths(argv) -> list[str]:
+  """The dotted paths of the ``--config.<path>=…`` overrides in ``argv``."""
+  paths = []
+  for arg in argv:
+    found = re.match(r'^--?(?:no)?config\.([^=]+)', arg)
+    if found:
+      paths.append(found.group(1))
+  return paths
+
+
+def _leaf_paths(config, prefix: str = '') -> list[str]:
+  paths = []
+  for key in config.keys():
+    value = config[key]
+    if isinstance(value, config_dict.ConfigDict):
+      paths += _leaf_paths(value, f'{prefix}{key}.')
+    else:
+      paths.append(f'{prefix}{key}')
+  return paths
+
+
+def _has_path(config, path: str) -> bool:
+  node = config
+  for part in path.split('.'):
+    if not isinstance(node, config_dict.ConfigDict) or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def unknown_field_message(config, paths) -> Optional[str]:
+  """'unknown config field …; did you mean …?' for the first of ``paths`` not in ``config``, else None."""
+  known = _leaf_paths(config)
+  for path in paths:
+    if not _has_path(config, path):
+      nearest = difflib.get_close_matches(path, known, n=1, cutoff=0.5)
+      hint = f"did you mean --config.{nearest[0]}?" if nearest else \
+          f"the top-level fields are {', '.join(sorted(config.keys()))}"
+      return f"unknown config field --config.{path}; {hint}"
+  return None
+
+
+def load_config(config_arg: str):
+  """The config of ``--config=<config_arg>`` without any override (a private flag set)."""
+  argv = ['prog', f'--config={config_arg}']
+  flag_values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file('config', None, 'config', flag_values=flag_values, lock_config=False,
+                                           sys_argv=argv)
+  flag_values(argv)
+  return holder.value
+
+
+def _flag_error_message(error: Exception, argv) -> str:
+  """One line for an error raised while absl parses the command line."""
+  config_arg = _config_argument(argv)
+  text = str(error)
+  if 'Error whilst parsing config file' in text:
+    # get_config() raised (e.g. an unknown scale in `:huge`): its own one-line
+    # message is the last line of the traceback ml_collections embeds.
+    last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+    return f"--config={config_arg}: {re.sub(r'^[A-Za-z_.]*(Error|Exception): ', '', last)}"
+  if config_arg is not None and not isinstance(error, flags.IllegalFlagValueError):
+    try:  # an override of a field the config does not have (ml_collections raises KeyError/AttributeError)
+      message = unknown_field_message(load_config(config_arg), _override_paths(argv))
+    except Exception:  # the config itself does not load: report the original error
+      message = None
+    if message:
+      return message
+  first = next((line.strip() for line in text.splitlines() if line.strip()), '')
+  return first if isinstance(error, flags.Error) else f"{type(error).__name__}: {first}"
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with every command-line error as one line and exit code 2.
+
+  A missing config file is caught here (ml_collections would defer it to the
+  first use of the config, as a traceback).
+  """
+  config_arg = _config_argument(argv)
+  if config_arg is not None and not os.path.isfile(config_arg.split(':', 1)[0]):
+    fail(f"--config={config_arg}: no such config file {config_arg.split(':', 1)[0]!r}")
+  try:
+    return flags.FLAGS(argv)
+  except Exception as error:  # flags.Error, and KeyError/AttributeError for unknown config fields
+    fail(_flag_error_message(error, argv))
+
+
 def run_experiment(module: str) -> None:
   """Defines and parses --config and --workdir, then calls ``<module>.run(config, workdir)``.
 
@@ -88,7 +209,12 @@ def run_experiment(module: str) -> None:
   (tests, other commands with their own --config) defines no global flag.
   The module is imported only after ``jax.distributed.initialize()``
   (MI_JAX_DISTRIBUTED=1), which must be the first JAX call of a multi-host job.
+  Every error a user can cause (command line, config, data, disk, workdir
+  lock, a diverged run) ends as one line ``error: …`` with exit code 2.
   """
+  # Before anything imports jax (the config file does): one CPU device per
+  # core, so the batch-sharded CPU runs use the whole machine.
+  host_devices.use_all_cpu_cores()
   config_flag = config_flags.DEFINE_config_file('config', None, 'Experiment config file.', lock_config=True)
   workdir_flag = flags.DEFINE_string('workdir', None, 'Where checkpoints, metrics and results go.')
   flags.mark_flags_as_required(['config', 'workdir'])
@@ -98,18 +224,20 @@ def run_experiment(module: str) -> None:
     try:
       check_none_overrides(config_flag.value, flags.FLAGS['config'].override_values)
     except ValueError as error:
-      print(f"error: {error}", file=sys.stderr)
-      sys.exit(2)
+      fail(error)
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     if os.environ.get('MI_JAX_DISTRIBUTED') == '1':
       import jax
       jax.distributed.initialize()
-    from mi_jax.data import DataUnavailableError
     experiment = importlib.import_module(module)
-    try:
-      experiment.run(config_flag.value, workdir_flag.value)
-    except (DataUnavailableError, FileExistsError, ValueError) as error:  # ConfigError is a ValueError
-      print(f"error: {error}", file=sys.stderr)
-      sys.exit(2)
+    run_and_report(experiment.run, config_flag.value, workdir_flag.value)
 
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
+
+
+def run_and_report(run, config, workdir: str) -> None:
+  """``run(config, workdir)``; an error the user can cause or fix ends as one line, exit code 2."""
+  try:
+    run(config, workdir)
+  except _user_errors() as error:
+    fail(error)

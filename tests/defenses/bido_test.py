@@ -115,7 +115,7 @@ def test_bido_validation():
   for field, value, message in (('measure', 'mmd', 'defense.bido.measure must be one of'),
                                 ('y_kernel', 'imq', 'defense.bido.y_kernel must be one of'),
                                 ('estimator', 'unbiased', 'defense.bido.estimator must be one of'),
-                                ('sigma', -1.0, 'defense.bido.sigma must be None or > 0')):
+                                ('sigma', -1.0, 'defense.bido.sigma must be None or a finite number > 0')):
     config = defense_config('bido')
     config.defense.bido[field] = value
     with pytest.raises(ValueError, match=message):

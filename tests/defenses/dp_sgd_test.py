@@ -214,10 +214,10 @@ def test_poisson_batches_are_pure_random_and_truncated():
 
 
 @pytest.mark.parametrize('field, value, message', [
-    ('noise_multiplier', -1.0, 'noise_multiplier must be a number >= 0'),
-    ('l2_clip', 0.0, 'l2_clip must be a number > 0'),
-    ('delta', 1.0, r'delta must be a number in \(0, 1\)'),
-    ('target_epsilon', -2.0, 'target_epsilon must be None or a number > 0'),
+    ('noise_multiplier', -1.0, 'noise_multiplier must be a finite number >= 0'),
+    ('l2_clip', 0.0, 'l2_clip must be a finite number > 0'),
+    ('delta', 1.0, r'delta must be a finite number in \(0, 1\)'),
+    ('target_epsilon', -2.0, 'target_epsilon must be None or a finite number > 0'),
     ('sampling', 'shuffled', r"sampling must be one of \('poisson', 'shuffle'\)"),
     ('accountant', 'gdp', r"accountant must be one of \('pld', 'rdp'\)"),
     ('max_batch_size', 0, 'max_batch_size must be None or an integer >= 1'),

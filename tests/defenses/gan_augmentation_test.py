@@ -38,9 +38,9 @@ def test_defaults_are_the_sg_code_settings_and_validate():
 
 @pytest.mark.parametrize('field, value, message', [
     ('gan_loss', 'hinge', "gan_augmentation.gan_loss must be one of ('dcgan', 'wgan-gp')"),
-    ('fake_fraction', 0.0, 'gan_augmentation.fake_fraction must be > 0'),
-    ('gan_epochs', 0, 'gan_augmentation.gan_epochs must be an int >= 1'),
-    ('gan_beta1', 1.0, 'gan_augmentation.gan_beta1 must be in [0, 1)'),
+    ('fake_fraction', 0.0, 'gan_augmentation.fake_fraction must be a finite number > 0'),
+    ('gan_epochs', 0, 'gan_augmentation.gan_epochs must be an integer >= 1'),
+    ('gan_beta1', 1.0, 'gan_augmentation.gan_beta1 must be a finite number in [0, 1)'),
 ])
 def test_bad_fields_name_the_field(field, value, message):
   config = gan_config(**{field: value})

@@ -53,11 +53,11 @@ def test_defaults_and_validation():
   assert (b.variant, b.plus_plus, b.decoy, b.fake_fraction) == ('bgan', False, True, 1.0)
   for field, value, message in [
       ('variant', 'netguard', "gan_opt.variant must be one of ('bgan', 'wogan')"),
-      ('fisher_examples', 0, 'gan_opt.fisher_examples must be >= 1'),
-      ('decoy_limit', 0, 'gan_opt.decoy_limit must be None or >= 1'),
+      ('fisher_examples', 0, 'gan_opt.fisher_examples must be an integer >= 1'),
+      ('decoy_limit', 0, 'gan_opt.decoy_limit must be None or an integer >= 1'),
       ('decoy_dataset', 'cifar10', 'gan_opt.decoy_dataset must be None or one of'),
-      ('recovery_epochs', 0, 'gan_opt.recovery_epochs must be >= 1'),
-      ('ewc_lambda', -1.0, 'gan_opt.ewc_lambda must be >= 0'),
+      ('recovery_epochs', 0, 'gan_opt.recovery_epochs must be an integer >= 1'),
+      ('ewc_lambda', -1.0, 'gan_opt.ewc_lambda must be a finite number >= 0'),
       ('gan_loss', 'hinge', 'gan_opt.gan_loss must be one of'),
   ]:
     config = opt_config(**{field: value})

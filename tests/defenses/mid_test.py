@@ -69,9 +69,9 @@ def test_mid_config_and_validation():
   config.defense.mid.bottleneck = 7
   assert build(config).classifier.in_features == 7
   config.defense.mid.beta = -1.0
-  with pytest.raises(ValueError, match='defense.mid.beta must be >= 0'):
+  with pytest.raises(ValueError, match='defense.mid.beta must be a finite number >= 0'):
     defenses.validate(config)
   config.defense.mid.beta = 1e-2
   config.defense.mid.bottleneck = 0
-  with pytest.raises(ValueError, match='defense.mid.bottleneck must be None or >= 1'):
+  with pytest.raises(ValueError, match='defense.mid.bottleneck must be None or an integer >= 1'):
     defenses.validate(config)

@@ -50,7 +50,7 @@ def test_nopeek_train_step_reports_dcor_and_its_gradient_reaches_the_front_layer
 def test_nopeek_validation():
   config = defense_config('nopeek')
   config.defense.nopeek.weight = -0.1
-  with pytest.raises(ValueError, match='defense.nopeek.weight must be >= 0'):
+  with pytest.raises(ValueError, match='defense.nopeek.weight must be a finite number >= 0'):
     defenses.validate(config)
   config.defense.nopeek.weight = 0.1
   config.defense.nopeek.layer = 'logits'

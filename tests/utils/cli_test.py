@@ -20,7 +20,7 @@ GAN_CONFIG = f"{ROOT / 'configs' / 'gan_attacks_mnist.py'}:tiny"
 # says "None or …"); test_listed_fields_are_all_the_optional_ones keeps the list complete.
 SG_OPTIONAL = (
     'data.dir', 'data.private_limit', 'data.heldout_limit',
-    'metrics.fid_images', 'metrics.fid_weights_path', 'metrics.judge_scale',
+    'metrics.fid_images', 'metrics.fid_weights_path', 'metrics.judge_scale', 'attack.checkpoint_every_seconds',
     'defense.bido.sigma', 'defense.dp_sgd.target_epsilon', 'defense.dp_sgd.max_batch_size',
     'defense.gan_opt.decoy_dataset', 'defense.gan_opt.decoy_limit', 'defense.gan_opt.decoy_epochs',
     'defense.mid.bottleneck',
@@ -33,8 +33,7 @@ GAN_OPTIONAL = SG_OPTIONAL + (
 )
 # Fields whose validation accepts None but whose config_block() still declares
 # a plain value, so the command line cannot reach None: drop an entry once its
-# block declares a placeholder (the strict xfail then reminds).
-# Optional fields that cannot take None from the command line yet (none today).
+# block declares a placeholder (the strict xfail then reminds). None today.
 NOT_YET_PLACEHOLDERS = {}
 
 
