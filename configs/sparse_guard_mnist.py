@@ -32,6 +32,10 @@ the grid of every defense of both papers (issue 4; ``scripts/run_defense_grid.sh
   python -m experiments.sparse_guard \
       --config=configs/sparse_guard_mnist.py:small,mnist,all_defenses \
       --workdir=results/defense_grid_small
+
+Every field is checked before anything is written (``mi_jax.experiment.FIELDS``
+and each defense module's ``validate``); a field added here needs a rule
+there, or tests/hardening/config_validation_test.py fails.
 """
 
 from ml_collections import config_dict
@@ -95,7 +99,7 @@ def get_config(arg: str = 'small'):
   c.defense.name = 'sparse-guard'  # any of mi_jax.defenses.DEFENSES
   c.defense.lam = 0.5  # SG Table 5 default; swept over {0.1, 0.25, 0.5, 0.75}
   c.defense.features = (16, 28)  # SG code, MNIST: 16 then 28 atoms
-  c.defense.kernel_size = 5
+  c.defense.kernel_size = 5  # odd: the sparse layers pad k // 2 on each side ('same')
   c.defense.stride = 1
   # τ = 100 (η = 0.01) is the SG code's (lcapt's default). The SG table says
   # τ = 1000, but 500 steps of η = 0.001 cover only half a time constant, far
@@ -109,8 +113,13 @@ def get_config(arg: str = 'small'):
   # it, sg_legacy forces it). The paper does not; BatchNorm already scales
   # the second SCL's input, and per-sample renormalisation discards contrast.
   c.defense.normalize_input = False
-  # The paper's text: Hebbian fast updates on the sparse layers after each
-  # backprop step, except the very first sparse layer.
+  # Sparse-Guard's two dictionaries. The paper's text: Hebbian fast updates
+  # on the sparse layers after each backprop step, except the very first
+  # sparse layer; its footnote 1: the experiments also updated the first
+  # layer by backprop, which needs gradients through both LCA loops:
+  # ('gradient', 'hebbian') with grad 'checkpoint' is that, one override away.
+  # Sparse-Standard's one dictionary: config.defense.sparse_standard
+  # (mi_jax.defenses.sparse_coding: 'gradient' by default, the footnote).
   c.defense.dictionary_update = ('frozen', 'hebbian')
   c.defense.hebbian_eta = 0.01  # lcapt's default η for its Hebbian rule
   # Backprop through 500 LCA steps: √T checkpointing keeps memory O(√T).
@@ -141,10 +150,24 @@ def get_config(arg: str = 'small'):
   c.attack.optimizer = 'adam'
   c.attack.learning_rate = 1e-3
   c.attack.batch_size = 16
+  # At most this many epochs; the corrected attack stops earlier once the
+  # MSE on a held-out slice of the auxiliary set (validation_fraction) has
+  # not improved for `patience` epochs, and keeps its best decoder. The
+  # sg_legacy attack always runs all of them, as the SG code does.
   c.attack.epochs = 50
+  c.attack.validation_fraction = 0.1
+  c.attack.patience = 10
+  # Attacker seeds per point (decoder initialisation and batch order, same
+  # features): rows report the mean and the sample sd over them.
+  c.attack.num_seeds = 3
   c.attack.decoder_hidden = 800  # SG attacker: Linear(500, 800)
-  # Noise defenses stay on when the attacker queries (fidelity.md #4).
+  # Noise defenses stay on when the attacker queries (fidelity.md #4), and
+  # the reported accuracy is measured with those same queries.
   c.attack.noise_at_query = True
+  # The attack checkpoints by wall time (and at the end), not every epoch: a
+  # save costs about an epoch of a small attack. None: only at the end.
+  c.attack.checkpoint_every_seconds = config_dict.placeholder(float)
+  c.attack.checkpoint_every_seconds = 60.0
   c.attack.figure_images = 8  # originals shown in the SG Fig. 3-style grid
 
   c.metrics = config_dict.ConfigDict()
@@ -220,6 +243,8 @@ def _small(c, *, tiny: bool):
   c.train.log_every_steps = 1 if tiny else 20
   c.attack.batch_size = 16 if tiny else 64
   c.attack.epochs = 2 if tiny else 30
+  c.attack.patience = 1 if tiny else 10
+  c.attack.num_seeds = 2 if tiny else 3
   c.attack.decoder_hidden = 64 if tiny else 800
   c.attack.figure_images = 4 if tiny else 8
   # GAN-based defenses: a few epochs of the DCGAN paper's optimiser

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import time
 
@@ -26,6 +27,7 @@ from mi_jax import data as mi_data
 from mi_jax import defenses
 from mi_jax import judge as judge_lib
 from mi_jax.attacks.surrogate import legacy_surrogate_attack, query_target, surrogate_attack
+from mi_jax.lca.solver import LATERALS
 from mi_jax.metrics import attack_success, fid
 from mi_jax.metrics.image_quality import mean_psnr_ssim
 from mi_jax.metrics.legacy import SG_EVAL_SETTINGS, legacy_sg_scores
@@ -33,15 +35,18 @@ from mi_jax.train.classifier import train_classifier
 from mi_jax.train.inference import apply_in_batches
 from mi_jax.train.state import make_optimizer, merge_model
 from mi_jax.train.step import make_classifier_step
+from mi_jax.utils import config_rules as rules
 from mi_jax.utils import results as results_io
 from mi_jax.utils.figures import reconstruction_grid, tradeoff_figure
 from mi_jax.utils.metric_writer import MetricWriter
 from mi_jax.utils import sweep
+from mi_jax.utils import workdir as workdir_lib
 
 OPTIMIZERS = ('sgd', 'adam')
 THRESHOLDS = ('soft', 'hard')
 DICTIONARY_UPDATES = ('frozen', 'hebbian', 'gradient')
 GRADS = ('unroll', 'checkpoint', 'stop')
+ATTACKS = ('surrogate',)
 # Which SG reference script each defense's sg_legacy numbers imitate; the
 # other baselines' scripts score like the no-defense one (float32, batch 64).
 _SG_SCRIPT_FAMILY = {'no-defense': 'no_def', 'sparse-standard': 'sparse_standard',
@@ -49,7 +54,7 @@ _SG_SCRIPT_FAMILY = {'no-defense': 'no_def', 'sparse-standard': 'sparse_standard
 
 
 class ConfigError(ValueError):
-  """A config value that cannot run; the message names the field."""
+  """A config value that cannot run; the message (one line) names the field."""
 
 
 def _check(ok: bool, message: str) -> None:
@@ -57,66 +62,199 @@ def _check(ok: bool, message: str) -> None:
     raise ConfigError(message)
 
 
-def validate_config(config, *, num_devices: int) -> None:
-  """One-line :class:`ConfigError` for the first bad field, before any work."""
-  _check(config.dataset in mi_data.DATASETS,
-         f"dataset must be one of {tuple(mi_data.DATASETS)}, got {config.dataset!r}")
-  _check(config.protocol in defenses.PROTOCOLS,
-         f"protocol must be one of {defenses.PROTOCOLS}, got {config.protocol!r}")
-  _check(config.setting in defenses.SETTINGS,
-         f"setting must be one of {defenses.SETTINGS}, got {config.setting!r}")
-  _check(config.defense.name in defenses.DEFENSES,
-         f"defense.name must be one of {tuple(defenses.DEFENSES)}, got {config.defense.name!r}")
+# The config file's scales (configs/sparse_guard_mnist.py:<scale>).
+CONFIG_SCALES = ('tiny', 'small', 'paper')
+_FID_IMAGES = rules.Rule(
+    lambda v: v is None or (rules.integer(low=0).allows(v) and v != 1), 'None (all), 0 (off) or an integer >= 2')
+# 'same' padding (lcapt's) pads k // 2 on each side, which needs an odd kernel.
+_KERNEL = rules.Rule(lambda v: rules.integer(low=1).allows(v) and v % 2 == 1,
+                     'an odd integer >= 1 (the sparse layers pad k // 2 on each side)')
+
+
+def _choices(options, what: str) -> rules.Rule:
+  return rules.tuple_of(rules.one_of(options), min_length=1, text=f"a non-empty tuple of {what} from {tuple(options)}")
+
+
+# Every field of configs/sparse_guard_mnist.py except the defense blocks
+# (``config.defense.<block>``, checked by :func:`mi_jax.defenses.validate`)
+# and ``sweep.lams`` (its keys vary; :func:`_check_sweep_lams`). A field
+# added to the config without a rule here fails tests/hardening/config_coverage_test.py.
+FIELDS = {
+    'scale': rules.one_of(CONFIG_SCALES),
+    'dataset': rules.one_of(tuple(mi_data.DATASETS)),
+    'seed': rules.integer(low=0),
+    'protocol': rules.one_of(defenses.PROTOCOLS),
+    'setting': rules.one_of(defenses.SETTINGS),
+    'data.dir': rules.optional(rules.TEXT),
+    'data.private_fraction': rules.number(above=0, below=1),
+    'data.private_limit': rules.optional(rules.integer(low=1)),
+    'data.heldout_limit': rules.optional(rules.integer(low=1)),
+    'data.normalization': rules.tuple_of(rules.number(), length=2, text='(mean, std), two finite numbers'),
+    'model.hidden_width': rules.integer(low=1),
+    'model.hidden_layers.end_to_end': rules.integer(low=1),
+    'model.hidden_layers.split': rules.integer(low=1),
+    'defense.name': rules.one_of(tuple(defenses.DEFENSES)),
+    'defense.lam': rules.number(low=0),
+    'defense.features': rules.tuple_of(rules.integer(low=1), length=2,
+                                       text='two integers >= 1 (the atoms of each sparse layer)'),
+    'defense.kernel_size': _KERNEL,
+    'defense.stride': rules.integer(low=1),
+    'defense.tau': rules.number(above=0),
+    'defense.dt': rules.number(above=0),
+    'defense.n_steps': rules.integer(low=1),
+    'defense.threshold': rules.one_of(THRESHOLDS),
+    'defense.nonneg': rules.BOOLEAN,
+    'defense.normalize_input': rules.BOOLEAN,
+    'defense.dictionary_update': rules.tuple_of(rules.one_of(DICTIONARY_UPDATES), length=2,
+                                                text=f'two of {DICTIONARY_UPDATES} (one per sparse layer)'),
+    'defense.hebbian_eta': rules.number(low=0),
+    'defense.grad': rules.one_of(GRADS),
+    'defense.lateral': rules.one_of(LATERALS),
+    'train.optimizer': rules.one_of(OPTIMIZERS),
+    'train.learning_rate': rules.number(above=0),
+    'train.momentum': rules.number(low=0, below=1),
+    'train.weight_decay': rules.number(low=0),
+    'train.batch_size': rules.integer(low=1),
+    'train.epochs': rules.integer(low=1),
+    'train.checkpoint_every_steps': rules.integer(low=1),
+    'train.log_every_steps': rules.integer(low=1),
+    'attack.name': rules.one_of(ATTACKS),
+    'attack.optimizer': rules.one_of(OPTIMIZERS),
+    'attack.learning_rate': rules.number(above=0),
+    'attack.batch_size': rules.integer(low=1),
+    'attack.epochs': rules.integer(low=1),
+    'attack.validation_fraction': rules.number(above=0, below=1),
+    'attack.patience': rules.integer(low=1),
+    'attack.num_seeds': rules.integer(low=1),
+    'attack.decoder_hidden': rules.integer(low=1),
+    'attack.noise_at_query': rules.BOOLEAN,
+    'attack.checkpoint_every_seconds': rules.optional(rules.number(above=0)),
+    'attack.figure_images': rules.integer(low=1),
+    'metrics.fid_images': _FID_IMAGES,
+    'metrics.fid_batch_size': rules.integer(low=1),
+    'metrics.fid_weights_path': rules.optional(rules.TEXT),
+    'metrics.judge_scale': rules.optional(rules.one_of(tuple(judge_lib.SCALES))),
+    'sweep.enabled': rules.BOOLEAN,
+    'sweep.defenses': _choices(tuple(defenses.DEFENSES), 'defense names'),
+    'sweep.settings': _choices(defenses.SETTINGS, 'settings'),
+    'sweep.protocols': _choices(defenses.PROTOCOLS, 'protocols'),
+}
+
+
+def check_fields(config, table) -> None:
+  """:func:`mi_jax.utils.config_rules.check_fields` with a :class:`ConfigError`."""
   try:
-    defenses.validate(config)
+    rules.check_fields(config, table)
   except ValueError as error:
     raise ConfigError(str(error)) from None
-  _check(isinstance(config.seed, int) and config.seed >= 0, f"seed must be an integer >= 0, got {config.seed!r}")
-  _check(config.defense.lam >= 0, f"defense.lam must be >= 0, got {config.defense.lam!r}")
-  _check(config.defense.tau > 0, f"defense.tau must be > 0, got {config.defense.tau!r}")
-  _check(config.defense.dt > 0, f"defense.dt must be > 0, got {config.defense.dt!r}")
-  _check(config.defense.n_steps >= 1, f"defense.n_steps must be >= 1, got {config.defense.n_steps!r}")
-  _check(len(config.defense.features) == 2 and all(f >= 1 for f in config.defense.features),
-         f"defense.features must be two positive ints (one per SCL), got {config.defense.features!r}")
-  _check(config.defense.threshold in THRESHOLDS,
-         f"defense.threshold must be one of {THRESHOLDS}, got {config.defense.threshold!r}")
-  _check(config.defense.grad in GRADS, f"defense.grad must be one of {GRADS}, got {config.defense.grad!r}")
-  _check(len(config.defense.dictionary_update) == 2
-         and all(u in DICTIONARY_UPDATES for u in config.defense.dictionary_update),
-         f"defense.dictionary_update must be two of {DICTIONARY_UPDATES}, got {config.defense.dictionary_update!r}")
+
+
+def _check_sweep_lams(config) -> None:
+  """``sweep.lams.<defense>``: a defense with a knob, and values its knob can take."""
+  for key in config.sweep.lams.keys():
+    defense = key.replace('_', '-')
+    _check(sweep.has_knob(defense),
+           f"sweep.lams.{key} is not a defense with a knob; the keys are {tuple(k.replace('-', '_') for k in sweep.KNOBS)}")
+    # The knob's own type decides: transfer-learning freezes a whole number of layers.
+    if isinstance(sweep.get_knob(config, defense), int):
+      values = rules.tuple_of(rules.integer(low=0), min_length=1, text='a non-empty tuple of integers >= 0')
+    else:
+      values = rules.tuple_of(rules.number(low=0), min_length=1, text='a non-empty tuple of finite numbers >= 0')
+    check_fields(config, {f'sweep.lams.{key}': values})
+
+
+# The GAN-based defenses train a GAN on the private set with their block's gan_batch_size.
+_GAN_BLOCKS = {'gan-augmentation': 'gan_augmentation', 'gan-opt': 'gan_opt'}
+
+
+def _check_devices(config, num_devices: int) -> None:
+  """Global batches split evenly over the data-parallel devices."""
+  sizes = {'train.batch_size': config.train.batch_size, 'attack.batch_size': config.attack.batch_size,
+           'metrics.fid_batch_size': config.metrics.fid_batch_size}
+  block = _GAN_BLOCKS.get(config.defense.name)
+  if block is not None:
+    sizes[f'defense.{block}.gan_batch_size'] = config.defense[block].gan_batch_size
+  for field, size in sizes.items():
+    _check(size % num_devices == 0, f"{field} must be a positive multiple of the {num_devices} devices, got {size!r}")
+
+
+def _check_relations(config, num_devices: int) -> None:
+  """Rules that tie fields together (after every field passed its own rule)."""
+  _check_devices(config, num_devices)
+  _check(config.data.normalization[1] > 0, f"data.normalization must be (mean, std) with std > 0, "
+         f"got {tuple(config.data.normalization)!r}")
   _check(not (config.defense.grad == 'stop' and 'gradient' in config.defense.dictionary_update),
          "defense.dictionary_update 'gradient' needs defense.grad in ('unroll', 'checkpoint'), got 'stop'")
-  for block in ('train', 'attack'):
-    cfg = config[block]
-    _check(cfg.optimizer in OPTIMIZERS, f"{block}.optimizer must be one of {OPTIMIZERS}, got {cfg.optimizer!r}")
-    _check(cfg.learning_rate > 0, f"{block}.learning_rate must be > 0, got {cfg.learning_rate!r}")
-    _check(cfg.epochs >= 1, f"{block}.epochs must be >= 1, got {cfg.epochs!r}")
-    _check(cfg.batch_size >= 1 and cfg.batch_size % num_devices == 0,
-           f"{block}.batch_size must be a positive multiple of the {num_devices} devices, got {cfg.batch_size!r}")
-  fid_images = config.metrics.fid_images
-  _check(fid_images is None or (isinstance(fid_images, int) and fid_images >= 0 and fid_images != 1),
-         f"metrics.fid_images must be None (all), 0 (off) or an integer >= 2, got {fid_images!r}")
-  _check(config.metrics.fid_batch_size >= 1 and config.metrics.fid_batch_size % num_devices == 0,
-         f"metrics.fid_batch_size must be a positive multiple of the {num_devices} devices, "
-         f"got {config.metrics.fid_batch_size!r}")
-  _check(config.metrics.judge_scale is None or config.metrics.judge_scale in judge_lib.SCALES,
-         f"metrics.judge_scale must be None or one of {tuple(judge_lib.SCALES)}, "
-         f"got {config.metrics.judge_scale!r}")
-  _check(0 < config.data.private_fraction < 1,
-         f"data.private_fraction must be in (0, 1), got {config.data.private_fraction!r}")
-  if config.sweep.enabled:
-    for name, values, allowed in (
-        ('sweep.defenses', config.sweep.defenses, tuple(defenses.DEFENSES)),
-        ('sweep.settings', config.sweep.settings, defenses.SETTINGS),
-        ('sweep.protocols', config.sweep.protocols, defenses.PROTOCOLS)):
-      bad = [v for v in values if v not in allowed]
-      _check(values and not bad, f"{name} must be a non-empty tuple of {allowed}, got {tuple(values)!r}")
-    for defense in config.sweep.defenses:
-      key = defense.replace('-', '_')
-      if sweep.has_knob(defense) and key in config.sweep.lams:
-        lams = config.sweep.lams[key]
-        _check(len(lams) > 0 and all(lam >= 0 for lam in lams),
-               f"sweep.lams.{key} must be a non-empty tuple of values >= 0, got {lams!r}")
+  _check(not (config.protocol == 'sg_legacy' and config.setting == 'end_to_end'
+              and config.model.hidden_layers.end_to_end != 4),
+         f"model.hidden_layers.end_to_end must be 4 under protocol='sg_legacy' (the SG end-to-end networks), "
+         f"got {config.model.hidden_layers.end_to_end!r}")
+  _check_defenses(config, only_active=True)  # again: the point's knob value, in the point's setting
+
+
+def _check_defenses(config, *, only_active: bool = False) -> None:
+  try:
+    defenses.validate(config, only_active=only_active)
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+
+
+def _check_sizes(config, sizes) -> None:
+  """Batches that fit the data: ``sizes`` = {'private': n, 'heldout': n} (a missing or
+  None entry is not checked); each value is the number of images or the configured limit."""
+  private, heldout = sizes.get('private'), sizes.get('heldout')
+  fits = []  # (field, batch, set size, which set)
+  if private is not None:
+    fits.append(('train.batch_size', config.train.batch_size, private, 'private set'))
+    block = _GAN_BLOCKS.get(config.defense.name)
+    if block is not None:
+      fits.append((f'defense.{block}.gan_batch_size', config.defense[block].gan_batch_size, private, 'private set'))
+  if heldout is not None:
+    # The surrogate attacker trains on the held-out set, less (corrected
+    # protocol) the slice it keeps for early stopping.
+    if config.protocol == 'corrected':
+      train = heldout - max(1, math.ceil(config.attack.validation_fraction * heldout))
+      fits.append(('attack.batch_size', config.attack.batch_size, train,
+                   'held-out set the attacker trains on (less attack.validation_fraction)'))
+    else:
+      fits.append(('attack.batch_size', config.attack.batch_size, heldout, 'held-out set'))
+  if config.defense.name == 'transfer-learning':
+    # Stage 1 pre-trains on public data, as many images as public_limit (default: data.private_limit).
+    t = config.defense.transfer
+    public = t.public_limit if t.public_limit is not None else config.data.private_limit
+    if public is not None:
+      fits.append(('train.batch_size', config.train.batch_size, public, 'public set (defense.transfer.public_limit)'))
+  for field, batch, n, what in fits:
+    _check(batch <= n, f"{field} must be at most the {n} images of the {what}, got {batch!r}")
+  if config.defense.name == 'dp-sgd' and private is not None:
+    delta = config.defense.dp_sgd.delta
+    _check(delta < 1.0 / private, f"defense.dp_sgd.delta must be < 1/n = {1.0 / private:.3g} for the n = {private} "
+           f"private images, got {delta!r}")
+
+
+def validate_config(config, *, num_devices: int, sizes=None) -> None:
+  """One-line :class:`ConfigError` for the first bad field, before any work.
+
+  Every field has a rule (:data:`FIELDS`, the defense blocks'
+  :func:`mi_jax.defenses.validate`, :func:`_check_sweep_lams`): numbers are
+  finite and in range, integers are integers, choices are known. Then the
+  relations: batches split over ``num_devices`` and fit the data (``sizes``:
+  {'private': n, 'heldout': n}; default, the configured ``data.private_limit``
+  and ``data.heldout_limit``), and each point of a sweep passes too (the
+  message then names the point).
+  """
+  check_fields(config, FIELDS)
+  _check_sweep_lams(config)
+  _check_defenses(config)  # every block's fields, before a sweep copies them into its points
+  if sizes is None:
+    sizes = {'private': config.data.private_limit, 'heldout': config.data.heldout_limit}
+  points = sweep.expand(config) if config.sweep.enabled else [(None, config)]
+  for name, point in points:
+    try:
+      _check_relations(point, num_devices)
+      _check_sizes(point, sizes)
+    except ConfigError as error:
+      raise ConfigError(str(error) if name is None else f"{error} (sweep point {name})") from None
 
 
 def _to_json(config) -> dict:
@@ -147,7 +285,8 @@ def train_target(config, split, *, mesh, workdir, writer):
 
 
 def accuracy(graphdef, state, images, labels, *, batch_size, mesh) -> float:
-  """Top-1 accuracy of the target (inference mode) on a labelled set."""
+  """Top-1 accuracy of the target in inference mode without a noise key
+  (noise-free; MID's z = μ), on a labelled set."""
 
   @jax.jit
   def predict(params, model_state, batch):
@@ -170,39 +309,80 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
   graphdef, state, row_extras = train_target(config, split, mesh=mesh, workdir=workdir, writer=writer)
   leak = defenses.LEAK_OF_SETTING[config.setting]
   attack_rng = jax.random.key(config.seed + 7)
+  query = lambda images, salt, leak: query_target(config, graphdef, state, images, leak=leak, mesh=mesh,
+                                                  key=jax.random.fold_in(attack_rng, salt))
+  # One rule in both protocols: accuracy is measured on the model exactly as
+  # the attacker queries it (stochastic defenses on iff attack.noise_at_query;
+  # MID then samples z), so a defense's utility cost and its protection are
+  # measured at the same operating point. Stochastic targets also report the
+  # noise-free accuracy (no key; MID's z = μ) as 'accuracy_noise_free'.
+  target = merge_model(graphdef, state['params'], state['model_state'])
+  if target.stochastic_at_inference() and config.attack.noise_at_query:
+    row_extras = {**row_extras, 'accuracy_noise_free': accuracy(
+        graphdef, state, split.heldout_images, split.heldout_labels, batch_size=config.attack.batch_size,
+        mesh=mesh)}
+  # Attacker seeds: the same features (or codes), a fresh decoder and batch
+  # order each, so the rows carry the attacker's own variance.
+  seeds = [config.seed + 1000 * k for k in range(config.attack.num_seeds)]
   if config.protocol == 'sg_legacy':
-    test_accuracy = accuracy(graphdef, state, split.heldout_images, split.heldout_labels,
-                             batch_size=config.attack.batch_size, mesh=mesh)
-    attack = legacy_surrogate_attack(
+    test_accuracy = float(np.mean(query(split.heldout_images, 0, None) == split.heldout_labels))
+    attacks = legacy_surrogate_attack(
         config=config, target_graphdef=graphdef, target_state=state, leak=leak,
         aux_images=split.heldout_images, private_images=split.private_images, mesh=mesh,
-        rng=attack_rng, workdir=workdir, writer=writer)
+        rng=attack_rng, workdir=workdir, writer=writer, seeds=seeds)
   else:
     # One pass over the held-out set serves both the accuracy and the
     # attacker's queries.
-    query = lambda images, salt: query_target(config, graphdef, state, images, leak=leak, mesh=mesh,
-                                              key=jax.random.fold_in(attack_rng, salt))
-    aux_features, predictions = query(split.heldout_images, 0)
+    aux_features, predictions = query(split.heldout_images, 0, leak)
     test_accuracy = float(np.mean(predictions == split.heldout_labels))
-    private_features, _ = query(split.private_images, 1)
-    attack = surrogate_attack(
+    private_features, _ = query(split.private_images, 1, leak)
+    attacks = surrogate_attack(
         config=config, aux_features=aux_features, aux_images=split.heldout_images,
-        private_features=private_features, mesh=mesh, rng=attack_rng, workdir=workdir, writer=writer)
+        private_features=private_features, mesh=mesh, rng=attack_rng, workdir=workdir, writer=writer,
+        seeds=seeds)
   originals = split.private_images.astype(np.float32) / 255.0
-  quality = mean_psnr_ssim(originals, attack.reconstructions)
-  baseline = mean_psnr_ssim(originals, attack.untrained_reconstructions)
+  per_seed = [_attack_scores(config, split, originals, attack, judge, judged_private) for attack in attacks]
   lam = sweep.get_knob(config, config.defense.name)
+  n_heldout = len(split.heldout_images)
   row = {
       'dataset': config.dataset, 'setting': config.setting, 'defense': config.defense.name,
       'lam': lam, 'knob': sweep.knob_symbol(config.defense.name), 'protocol': config.protocol, 'seed': config.seed,
-      'accuracy': test_accuracy, 'psnr': quality.psnr, 'ssim': quality.ssim,
-      'psnr_untrained_decoder': baseline.psnr, 'ssim_untrained_decoder': baseline.ssim,
-      'leak': leak, 'n_private': len(originals), 'n_heldout': len(split.heldout_images),
+      'accuracy': test_accuracy,
+      # Binomial standard error of the held-out accuracy.
+      'accuracy_se': float(np.sqrt(test_accuracy * (1.0 - test_accuracy) / n_heldout)),
+      **_aggregate(per_seed),
+      'attack_seeds': len(seeds),
+      'leak': leak, 'n_private': len(originals), 'n_heldout': n_heldout,
+      'num_devices': int(mesh.devices.size), 'backend': jax.default_backend(),
       'config_hash': results_io.config_hash(_to_json(config)),
       'code_version': results_io.code_version(),
       **row_extras,
-      'seconds': round(time.perf_counter() - started, 1),
   }
+  if attacks[0].best_epoch is not None:
+    row['attack_best_epochs'] = [a.best_epoch for a in attacks]
+  row['attack_epochs_run'] = [a.epochs_run for a in attacks]
+  if judge is not None:
+    row.update({'judge': judge.name, 'judge_test_accuracy': judge.test_accuracy})
+  fid_images = config.metrics.fid_images
+  if fid_images != 0:
+    # On the first attacker seed only (an Inception pass per image is costly).
+    n = len(originals) if fid_images is None else min(fid_images, len(originals))
+    row['fid'] = fid.fid(originals[:n], attacks[0].reconstructions[:n], batch_size=config.metrics.fid_batch_size,
+                         weights_path=config.metrics.fid_weights_path, mesh=mesh)
+    row['fid_images'] = n
+  row['seconds'] = round(time.perf_counter() - started, 1)
+  shown = config.attack.figure_images
+  figure = {'originals': originals[:shown], 'reconstructions': attacks[0].reconstructions[:shown]}
+  writer.write('result', 0, {k: v for k, v in row.items() if isinstance(v, (int, float))})
+  return row, figure
+
+
+def _attack_scores(config, split, originals, attack, judge, judged_private) -> dict:
+  """The metrics of one attack's reconstructions of the private set."""
+  quality = mean_psnr_ssim(originals, attack.reconstructions)
+  baseline = mean_psnr_ssim(originals, attack.untrained_reconstructions)
+  scores = {'psnr': quality.psnr, 'ssim': quality.ssim,
+            'psnr_untrained_decoder': baseline.psnr, 'ssim_untrained_decoder': baseline.ssim}
   if config.protocol == 'sg_legacy':
     # The SG code's own numbers on Normalize()d tensors (fidelity.md #2, #3),
     # next to the correct [0, 1] ones under their own names.
@@ -212,87 +392,113 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
     order = np.random.default_rng([config.seed, 2]).permutation(len(originals))
     legacy = legacy_sg_scores((originals[order] - mean) / std, attack.normalized_reconstructions[order],
                               **SG_EVAL_SETTINGS[_SG_SCRIPT_FAMILY.get(config.defense.name, 'no_def')])
-    row.update({'psnr': legacy.psnr, 'ssim': legacy.ssim, 'sg_row_frechet': legacy.row_frechet,
-                'psnr_unit_range': quality.psnr, 'ssim_unit_range': quality.ssim})
+    scores.update({'psnr': legacy.psnr, 'ssim': legacy.ssim, 'sg_row_frechet': legacy.row_frechet,
+                   'psnr_unit_range': quality.psnr, 'ssim_unit_range': quality.ssim})
   if judge is not None:
     # Every private image is an attacked instance of its own label.
     top1, top5 = attack_success.attack_accuracy(judge.logits(attack.reconstructions), split.private_labels)
-    row.update({
+    scores.update({
         'attack_top1': top1, 'attack_top5': top5,
         'knn_distance': attack_success.knn_distance(
             judge.features(attack.reconstructions), split.private_labels, judged_private,
-            split.private_labels),
-        'judge': judge.name, 'judge_test_accuracy': judge.test_accuracy})
-  fid_images = config.metrics.fid_images
-  if fid_images != 0:
-    n = len(originals) if fid_images is None else min(fid_images, len(originals))
-    row['fid'] = fid.fid(originals[:n], attack.reconstructions[:n], batch_size=config.metrics.fid_batch_size,
-                         weights_path=config.metrics.fid_weights_path, mesh=mesh)
-    row['fid_images'] = n
-  shown = config.attack.figure_images
-  figure = {'originals': originals[:shown], 'reconstructions': attack.reconstructions[:shown]}
-  writer.write('result', 0, {k: v for k, v in row.items() if isinstance(v, (int, float))})
-  return row, figure
+            split.private_labels)})
+  return scores
+
+
+def _aggregate(per_seed: list[dict]) -> dict:
+  """Mean over attacker seeds under each metric's name; ``<metric>_sd`` (the
+  sample standard deviation, ddof = 1; 0 for one seed) and
+  ``<metric>_per_seed`` beside it."""
+  out = {}
+  for key in per_seed[0]:
+    values = np.asarray([scores[key] for scores in per_seed], np.float64)
+    out[key] = float(np.mean(values))
+    out[f'{key}_sd'] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    out[f'{key}_per_seed'] = [float(v) for v in values]
+  return out
+
+
+def _split_sizes(split) -> dict:
+  return {'private': len(split.private_labels), 'heldout': len(split.heldout_labels)}
+
+
+def _check_workdir(config, points, workdir) -> dict:
+  """Refuses a workdir that holds a finished run or another config, before anything is
+  written; returns {point name: (row, figure)} of the points finished earlier."""
+  results_path = os.path.join(workdir, 'results.json')
+  if os.path.exists(results_path):
+    raise FileExistsError(f"{results_path} exists: this workdir holds a finished run; choose a new --workdir")
+  workdir_lib.check_config(os.path.join(workdir, 'config.json'), _to_json(config))
+  finished = {}
+  for name, point in points:
+    point_dir = os.path.join(workdir, 'points', name)
+    expected = _to_json(point)
+    workdir_lib.check_config(os.path.join(point_dir, 'config.json'), expected)
+    done = workdir_lib.finished_point(
+        os.path.join(point_dir, 'row.json'), os.path.join(point_dir, 'figure.npz'),
+        config_hash=results_io.config_hash(expected), figure_keys=('originals', 'reconstructions'))
+    if done is not None:
+      row_path = os.path.join(point_dir, 'row.json')
+      try:
+        results_io.validate_row(done[0])
+      except ValueError as error:
+        raise ValueError(f"{row_path}: {error}; delete it to recompute the point") from None
+      finished[name] = done
+  return finished
 
 
 def run(config, workdir: str, *, mesh=None) -> list[dict]:
-  """Runs every point of ``config`` and writes the results files."""
+  """Runs every point of ``config`` and writes the results files.
+
+  Before anything is written: the config is validated (every field, the
+  sweep's points, batches against the loaded data), then, holding the
+  workdir's lock (:mod:`mi_jax.utils.workdir`; process 0), the workdir must
+  not hold a finished run, another config, or rows of another config.
+  """
   mesh = mesh if mesh is not None else mi_data.make_data_mesh()
   num_devices = mesh.devices.size
   validate_config(config, num_devices=num_devices)
   points = sweep.expand(config)
-  for _, point in points:
-    validate_config(point, num_devices=num_devices)
-  results_path = os.path.join(workdir, 'results.json')
-  if os.path.exists(results_path):
-    raise FileExistsError(
-        f"{results_path} exists: this workdir holds a finished run; choose a new --workdir")
   split = mi_data.load_sparse_guard(
       config.dataset, seed=config.seed, private_fraction=config.data.private_fraction,
       private_limit=config.data.private_limit, heldout_limit=config.data.heldout_limit,
       data_dir=config.data.dir)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    results_io.write_json_atomic(os.path.join(workdir, 'config.json'), _to_json(config), overwrite=True)
-  judge, judged_private = None, None
-  if config.metrics.judge_scale is not None:
-    judge = judge_lib.load_or_train_judge(
-        config.dataset, root=os.path.join(workdir, 'judge'), mesh=mesh, scale=config.metrics.judge_scale,
-        seed=config.seed, data_dir=config.data.dir)
-    judged_private = judge.features(split.private_images)
-  rows, figures = [], []
-  for index, (name, point) in enumerate(points):
-    point_dir = os.path.join(workdir, 'points', name)
-    row_path, figure_path = os.path.join(point_dir, 'row.json'), os.path.join(point_dir, 'figure.npz')
-    print(f"=== point {index + 1}/{len(points)}: {name}", flush=True)
-    point_config_path = os.path.join(point_dir, 'config.json')
-    if os.path.exists(point_config_path):
-      with open(point_config_path) as f:
-        if json.load(f) != _to_json(point):
-          raise FileExistsError(
-              f"{point_dir} was started with a different config; resume with the same config "
-              "or choose a new --workdir")
-    if os.path.exists(row_path) and os.path.exists(figure_path):
-      with open(row_path) as f:
-        row = json.load(f)
-      with np.load(figure_path) as saved:
-        figure = dict(saved)
-      print(f"    already done ({row_path})", flush=True)
-    else:
-      os.makedirs(point_dir, exist_ok=True)
-      if jax.process_index() == 0:
-        results_io.write_json_atomic(point_config_path, _to_json(point), overwrite=True)
-      row, figure = run_point(point, split, mesh=mesh, workdir=point_dir, judge=judge,
-                              judged_private=judged_private)
-      if jax.process_index() == 0:
-        _write_npz_atomic(figure_path, figure)
-        results_io.write_json_atomic(row_path, row, overwrite=True)
-    rows.append(row)
-    figures.append((row, figure))
-    print(f"    accuracy {row['accuracy']:.4f}  PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.3f}"
-          f"  (untrained decoder: PSNR {row['psnr_untrained_decoder']:.2f})", flush=True)
-  if jax.process_index() == 0:
-    _write_outputs(rows, figures, workdir)
+  validate_config(config, num_devices=num_devices, sizes=_split_sizes(split))
+  writes = jax.process_index() == 0
+  with workdir_lib.locked(workdir, enabled=writes):
+    finished = _check_workdir(config, points, workdir)
+    os.makedirs(workdir, exist_ok=True)
+    if writes:
+      results_io.write_json_atomic(os.path.join(workdir, 'config.json'), _to_json(config), overwrite=True)
+    judge, judged_private = None, None
+    if config.metrics.judge_scale is not None:
+      judge = judge_lib.load_or_train_judge(
+          config.dataset, root=os.path.join(workdir, 'judge'), mesh=mesh, scale=config.metrics.judge_scale,
+          seed=config.seed, data_dir=config.data.dir)
+      judged_private = judge.features(split.private_images)
+    rows, figures = [], []
+    for index, (name, point) in enumerate(points):
+      point_dir = os.path.join(workdir, 'points', name)
+      print(f"=== point {index + 1}/{len(points)}: {name}", flush=True)
+      if name in finished:
+        row, figure = finished[name]
+        print(f"    already done ({os.path.join(point_dir, 'row.json')})", flush=True)
+      else:
+        os.makedirs(point_dir, exist_ok=True)
+        if writes:
+          results_io.write_json_atomic(os.path.join(point_dir, 'config.json'), _to_json(point), overwrite=True)
+        row, figure = run_point(point, split, mesh=mesh, workdir=point_dir, judge=judge,
+                                judged_private=judged_private)
+        if writes:
+          # The figure first: a row without its figure is never reused.
+          _write_npz_atomic(os.path.join(point_dir, 'figure.npz'), figure)
+          results_io.write_json_atomic(os.path.join(point_dir, 'row.json'), row, overwrite=True)
+      rows.append(row)
+      figures.append((row, figure))
+      print(f"    accuracy {row['accuracy']:.4f}  PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.3f}"
+            f"  (untrained decoder: PSNR {row['psnr_untrained_decoder']:.2f})", flush=True)
+    if writes:
+      _write_outputs(rows, figures, workdir)
   return rows
 
 
@@ -322,7 +528,7 @@ def _write_outputs(rows, figures, workdir) -> None:
     if len({(row['defense'], row['lam']) for row in chosen}) > 1:
       written.append(tradeoff_figure(chosen, os.path.join(workdir, f"tradeoff_{protocol}.png"),
                                      overwrite=True))
-  results_io.write_json_atomic(os.path.join(workdir, 'results.json'), rows)
+  workdir_lib.write_final(os.path.join(workdir, 'results.json'), rows)
   print(f"results table: {os.path.join(workdir, 'results.md')}")
   for path in written:
     print(f"figure: {path}")

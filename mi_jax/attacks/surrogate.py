@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,7 @@ from flax import nnx
 
 from mi_jax import data as mi_data
 from mi_jax.models.decoder import InversionDecoder, LegacyRowDecoder
-from mi_jax.train import loop
+from mi_jax.train import batch_stats, loop
 from mi_jax.train.inference import apply_in_batches
 from mi_jax.train.state import init_train_state, make_optimizer, merge_model, replicated, split_model
 from mi_jax.train.step import jit_step
@@ -41,11 +41,35 @@ from mi_jax.train.step import jit_step
 _LEAK_PREFIX = {'first': ('front', 'first'), 'last_hidden': ('front', 'first', 'hidden')}
 
 
+def _moving_parameters(target, params, leak: str):
+  """Bool pytree like ``params``: what the SG code's attack step updates.
+
+  torch's SGD skips parameters whose gradient is None: those after the leak,
+  and, when no gradient passes through the LCA loops (``grad='stop'``), those
+  of the front before its last sparse layer.
+  """
+  front_after = getattr(target.front, 'TRAINED_AFTER_CODES', ())
+  cut = target.front is not None and all(layer.grad == 'stop' for layer in target.front.sparse_layers())
+
+  def moves(path, _):
+    top = path[0].key
+    if top not in _LEAK_PREFIX[leak]:
+      return False
+    return not (top == 'front' and cut and path[1].key not in front_after)
+
+  return jax.tree_util.tree_map_with_path(moves, params)
+
+
 @dataclasses.dataclass
 class AttackResult:
   reconstructions: np.ndarray  # (N, H, W, C) float32 in [0, 1]
   untrained_reconstructions: np.ndarray  # same decoder at initialisation
   normalized_reconstructions: Optional[np.ndarray] = None  # sg_legacy: decoder output as is
+  # Corrected protocol, early stopping: the epoch (1-based) whose decoder was
+  # kept, how many epochs ran, and its validation MSE.
+  best_epoch: Optional[int] = None
+  epochs_run: Optional[int] = None
+  validation_mse: Optional[float] = None
 
 
 def _unit(images: np.ndarray) -> np.ndarray:
@@ -53,21 +77,25 @@ def _unit(images: np.ndarray) -> np.ndarray:
 
 
 def _fit_attack(phase, attack_step, state, batch_at, *, steps_per_epoch, epochs, mesh, rng, workdir,
-                writer):
-  """The attack's training loop: checkpoint and log once per epoch."""
+                writer, checkpoint_every_seconds, stop_when=None, log_state=None):
+  """The attack's training loop: log once per epoch, checkpoint by wall time
+  and at the end (a save costs about as much as an epoch of a small attack)."""
   return loop.fit(
       phase=phase, step_fn=jit_step(attack_step, state, mesh), state=state, batch_at=batch_at,
       position_at=lambda s: mi_data.Position(*divmod(s, steps_per_epoch))._asdict(),
       total_steps=epochs * steps_per_epoch, rng=rng,
       checkpoint_dir=os.path.join(workdir, 'checkpoints', phase),
-      checkpoint_every=steps_per_epoch, log_every=steps_per_epoch, writer=writer)
+      checkpoint_every=None, checkpoint_every_seconds=checkpoint_every_seconds,
+      log_every=steps_per_epoch, writer=writer, stop_when=stop_when, log_state=log_state)
 
 
-def query_target(config, target_graphdef, target_state, images, *, leak: str, mesh, key):
-  """One inference pass: the leaked features and the predicted labels.
+def query_target(config, target_graphdef, target_state, images, *, leak: Optional[str], mesh, key):
+  """One inference pass as the attacker queries: (leaked features, predicted labels).
 
   A fresh noise key per batch, for stochastic defenses that stay on at query
-  time (``attack.noise_at_query``).
+  time (``attack.noise_at_query``). ``leak=None`` returns the predictions only.
+  The experiment measures the target's accuracy with these predictions, so
+  utility and privacy are measured on the same deployed model.
   """
   cfg = config.attack
 
@@ -75,7 +103,8 @@ def query_target(config, target_graphdef, target_state, images, *, leak: str, me
   def query_batch(params, model_state, batch, batch_key):
     target = merge_model(target_graphdef, params, model_state)
     out = target.activations(batch, train=False, key=batch_key if cfg.noise_at_query else None)
-    return out[leak], jnp.argmax(out['logits'], -1)
+    predictions = jnp.argmax(out['logits'], -1)
+    return predictions if leak is None else (out[leak], predictions)
 
   counter = iter(range(1 << 30))
   fn = lambda batch: query_batch(target_state['params'], target_state['model_state'], batch,
@@ -83,16 +112,67 @@ def query_target(config, target_graphdef, target_state, images, *, leak: str, me
   return apply_in_batches(fn, (images,), batch_size=cfg.batch_size, mesh=mesh)
 
 
+def validation_split(num_examples: int, fraction: float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(train rows, validation rows) of the auxiliary set: a fixed random slice
+  of ⌈fraction·n⌉ rows (at least one) held out for early stopping."""
+  n_val = max(1, int(np.ceil(fraction * num_examples)))
+  if n_val >= num_examples:
+    raise ValueError(f"attack.validation_fraction leaves no training images: {n_val} of {num_examples} "
+                     f"auxiliary images would be held out")
+  order = np.random.default_rng([seed, 0xA7]).permutation(num_examples)
+  return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
 def surrogate_attack(*, config, aux_features, aux_images, private_features, mesh, rng, workdir: str,
-                     writer) -> AttackResult:
+                     writer, seeds: Sequence[int] = (None,)) -> list[AttackResult]:
+  """One :func:`surrogate_attack_once` per attacker seed on the same features
+  (phases 'attack', 'attack_seed1', …, so each resumes on its own)."""
+  return [surrogate_attack_once(config=config, aux_features=aux_features, aux_images=aux_images,
+                                private_features=private_features, mesh=mesh, rng=rng, workdir=workdir,
+                                writer=writer, seed=seed, phase=_attack_phase('attack', k))
+          for k, seed in enumerate(seeds)]
+
+
+def _attack_phase(name: str, k: int) -> str:
+  return name if k == 0 else f'{name}_seed{k}'
+
+
+def surrogate_attack_once(*, config, aux_features, aux_images, private_features, mesh, rng, workdir: str,
+                          writer, seed: Optional[int] = None, phase: str = 'attack') -> AttackResult:
   """Trains the inversion decoder on (aux features → aux images); returns the
-  reconstructions of the private images from ``private_features``."""
+  reconstructions of the private images from ``private_features``.
+
+  Early stopping: a fixed slice of the auxiliary set
+  (``attack.validation_fraction``, drawn with ``config.seed``) is held out;
+  after every epoch the decoder's MSE on it is measured (batch statistics,
+  as in training), the best parameters are kept, and training stops once
+  ``attack.patience`` epochs pass without a new best (or after
+  ``attack.epochs``). The best decoder, with its BatchNorm statistics
+  recomputed over the training features, makes the reconstructions. All of
+  it lives in the train state, so a resumed attack stops where an
+  uninterrupted one would. ``seed`` (default ``config.seed``) draws the
+  decoder's initialisation and the batch order: attacks with different
+  seeds on the same features measure the attacker's own variance.
+  """
   cfg = config.attack
+  seed = config.seed if seed is None else seed
   image_shape = tuple(aux_images.shape[1:])
+  train_rows, val_rows = validation_split(len(aux_images), cfg.validation_fraction, seed=config.seed)
+  train_features, train_images = aux_features[train_rows], aux_images[train_rows]
+  val_features, val_images = jnp.asarray(aux_features[val_rows]), jnp.asarray(_unit(aux_images[val_rows]))
   decoder = InversionDecoder(aux_features.shape[-1], image_shape, hidden=cfg.decoder_hidden,
-                             rngs=nnx.Rngs(config.seed + 1))
+                             rngs=nnx.Rngs(seed + 1))
   tx = make_optimizer(cfg)
   graphdef, state = init_train_state(decoder, tx)
+  # "No validation yet" is the largest float32, not inf: the loop refuses to
+  # save states holding non-finite values.
+  unset = lambda: jnp.asarray(jnp.finfo(jnp.float32).max, jnp.float32)
+  # 'best' starts as a copy: the step donates its state, and a buffer donated
+  # twice (aliased leaves) crashes XLA.
+  best = jax.tree.map(jnp.copy, {'params': state['params'], 'model_state': state['model_state']})
+  state = {**state, 'best': best,
+           'best_mse': unset(), 'val_mse': unset(),
+           'best_epoch': jnp.zeros((), jnp.int32), 'stale_epochs': jnp.zeros((), jnp.int32)}
   state = jax.device_put(state, replicated(mesh, state))
 
   @jax.jit
@@ -101,6 +181,31 @@ def surrogate_attack(*, config, aux_features, aux_images, private_features, mesh
 
   decode_state = lambda s: (lambda f: decode(s, f))
   untrained = apply_in_batches(decode_state(state), (private_features,), batch_size=cfg.batch_size, mesh=mesh)
+  steps_per_epoch = mi_data.steps_per_epoch(len(train_rows), cfg.batch_size)
+  val_chunks = max(1, len(val_rows) // cfg.batch_size)
+
+  def validation_mse(params, model_state):
+    # Chunks of a training batch, BatchNorm on each chunk's statistics (as in
+    # training; the running averages are not yet the population's).
+    n = val_chunks * (len(val_rows) // val_chunks)
+    chunk = lambda a: a[:n].reshape(val_chunks, -1, *a.shape[1:])
+
+    def one(pair):
+      features, images = pair
+      recon = merge_model(graphdef, params, model_state)(features, train=True)
+      return jnp.mean(jnp.square(recon - images))
+
+    return jnp.mean(jax.lax.map(one, (chunk(val_features), chunk(val_images))))
+
+  def track_best(state):
+    mse = validation_mse(state['params'], state['model_state'])
+    epoch = state['step'] // steps_per_epoch  # 1-based: called after the epoch's last step
+    better = mse < state['best_mse']
+    pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(better, a, b), new, old)
+    return {**state, 'val_mse': mse, 'best_mse': jnp.where(better, mse, state['best_mse']),
+            'best': pick({'params': state['params'], 'model_state': state['model_state']}, state['best']),
+            'best_epoch': jnp.where(better, epoch, state['best_epoch']),
+            'stale_epochs': jnp.where(better, 0, state['stale_epochs'] + 1)}
 
   def attack_step(state, batch, rng):
     del rng
@@ -113,85 +218,122 @@ def surrogate_attack(*, config, aux_features, aux_images, private_features, mesh
 
     (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    return ({'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
-             'model_state': model_state, 'opt_state': opt_state}, {'mse': loss})
+    state = {**state, 'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
+             'model_state': model_state, 'opt_state': opt_state}
+    state = jax.lax.cond(state['step'] % steps_per_epoch == 0, track_best, lambda s: s, state)
+    return state, {'mse': loss}
 
-  steps_per_epoch = mi_data.steps_per_epoch(len(aux_images), cfg.batch_size)
-  arrays = (aux_features, aux_images)
+  arrays = (train_features, train_images)
 
   def batch_at(step):
-    features, images = mi_data.local_batch(arrays, cfg.batch_size, seed=config.seed,
+    features, images = mi_data.local_batch(arrays, cfg.batch_size, seed=seed,
                                            position=mi_data.Position(*divmod(step, steps_per_epoch)))
     return mi_data.to_global_array({'features': features, 'image': _unit(images)}, mesh)
 
-  state = _fit_attack('attack', attack_step, state, batch_at, steps_per_epoch=steps_per_epoch,
-                      epochs=cfg.epochs, mesh=mesh, rng=rng, workdir=workdir, writer=writer)
-  reconstructions = apply_in_batches(decode_state(state), (private_features,), batch_size=cfg.batch_size, mesh=mesh)
-  return AttackResult(reconstructions=reconstructions, untrained_reconstructions=untrained)
+  state = _fit_attack(phase, attack_step, state, batch_at, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs,
+                      mesh=mesh, rng=rng, workdir=workdir, writer=writer,
+                      checkpoint_every_seconds=cfg.checkpoint_every_seconds,
+                      stop_when=lambda s: int(s['stale_epochs']) >= cfg.patience,
+                      log_state=lambda s: {'val_mse': s['val_mse'], 'best_val_mse': s['best_mse']})
+  epochs_run = int(state['step']) // steps_per_epoch
+  best = {'params': state['best']['params'], 'model_state': state['best']['model_state'], 'opt_state': None}
+  # The decoder's BatchNorm statistics with its final weights (mi_jax.train.batch_stats).
+  best = batch_stats.recompute_batch_stats(graphdef, best, (train_features,),
+                                           forward=lambda m, f: m(f, train=True), batch_size=cfg.batch_size,
+                                           mesh=mesh, seed=seed)
+  reconstructions = apply_in_batches(decode_state(best), (private_features,), batch_size=cfg.batch_size, mesh=mesh)
+  return AttackResult(reconstructions=reconstructions, untrained_reconstructions=untrained,
+                      best_epoch=int(state['best_epoch']), epochs_run=epochs_run,
+                      validation_mse=float(state['best_mse']))
 
 
 def legacy_surrogate_attack(*, config, target_graphdef, target_state, leak, aux_images, private_images,
-                            mesh, rng, workdir, writer) -> AttackResult:
-  """The SG code's attack loop (fidelity.md #1), for side-by-side numbers."""
+                            mesh, rng, workdir, writer, seeds: Sequence[Optional[int]] = (None,)
+                            ) -> list[AttackResult]:
+  """The SG code's attack loop (fidelity.md #1), for side-by-side numbers:
+  one attack per seed (the decoder's random initialisation and the batch
+  order), each starting from the trained target."""
   cfg = config.attack
   mean, std = config.data.normalization
   normalize = lambda images: (images.astype(jnp.float32) / 255.0 - mean) / std
   target = merge_model(target_graphdef, target_state['params'], target_state['model_state'])
-  leak_shape = target.leak(jnp.asarray(private_images[:1]), leak).shape[1:]
   image_shape = tuple(private_images.shape[1:])
-  if leak == 'first' and target.width_axis_linear:
-    front_shape = target.front.out_shape if target.front is not None else image_shape
-    decoder = LegacyRowDecoder((front_shape[2], front_shape[0], config.model.hidden_width),
-                               image_shape, hidden=cfg.decoder_hidden, rngs=nnx.Rngs(config.seed + 1))
-  else:
-    decoder = InversionDecoder(int(np.prod(leak_shape)), image_shape, hidden=cfg.decoder_hidden,
-                               rngs=nnx.Rngs(config.seed + 1))
-  decoder_graphdef, decoder_params, decoder_state = split_model(decoder)
+  row_shape = target.leak_row_shape(leak)
+  leak_size = None if row_shape is not None else int(np.prod(target.leak(jnp.asarray(private_images[:1]), leak).shape[1:]))
   tx = make_optimizer(config.train)  # the target's optimiser, as in the SG code
-  on_leak_path = _LEAK_PREFIX[leak]
+  moves = _moving_parameters(target, target_state['params'], leak)
+  # With frozen dictionaries and no gradient through the LCA loops (CPU
+  # scales), nothing up to the last sparse layer can move, so its codes are
+  # computed once per image instead of in every attack step (the SG paper's
+  # footnote 1 notes the same for a fixed first layer).
+  cached = target.front_codes_are_fixed()
+  codes_of = jax.jit(lambda params, model_state, images: merge_model(
+      target_graphdef, params, model_state).front_codes(images))
 
-  def attack_step(state, batch, rng):
-    del rng
+  def with_codes(images):
+    if not cached:
+      return (images,)
+    codes = apply_in_batches(lambda im: codes_of(target_state['params'], target_state['model_state'], im),
+                             (images,), batch_size=cfg.batch_size, mesh=mesh)
+    return (images, codes)
 
-    def loss_fn(params):
-      model = merge_model(target_graphdef, params, state['model_state'])
-      features = model.leak(batch['image'], leak)
-      dec = merge_model(decoder_graphdef, decoder_params, decoder_state)
-      recon = dec(features, train=True)
-      return jnp.mean(jnp.square(normalize(batch['image']) - recon))
-
-    loss, grads = jax.value_and_grad(loss_fn)(state['params'])
-    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    # torch's SGD skips parameters that got no gradient: only the layers up to
-    # the leak move (weight decay and momentum included).
-    updates = {k: (v if k in on_leak_path else jax.tree.map(jnp.zeros_like, v)) for k, v in updates.items()}
-    params = optax.apply_updates(state['params'], updates)
-    return {**state, 'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, {'mse': loss}
-
+  aux_arrays, private_arrays = with_codes(aux_images), with_codes(private_images)
+  keys = ('image', 'codes')[:len(aux_arrays)]
   steps_per_epoch = mi_data.steps_per_epoch(len(aux_images), cfg.batch_size)
 
-  def batch_at(step):
-    (images,) = mi_data.local_batch((aux_images,), cfg.batch_size, seed=config.seed,
-                                    position=mi_data.Position(*divmod(step, steps_per_epoch)))
-    return mi_data.to_global_array({'image': images}, mesh)
+  def features_of(model, batch):
+    return model.leak(batch['image'], leak, front_codes=batch.get('codes'))
 
-  @jax.jit
-  def reconstruct(params, model_state, images):
-    model = merge_model(target_graphdef, params, model_state)
-    dec = merge_model(decoder_graphdef, decoder_params, decoder_state)
-    return dec(model.leak(images, leak), train=True)  # the SG attacker never leaves train mode
+  def attack(seed, phase):
+    seed = config.seed if seed is None else seed
+    if row_shape is not None:
+      # The SG attackers read the width-axis leak row by row, in both settings.
+      decoder = LegacyRowDecoder(row_shape, image_shape, hidden=cfg.decoder_hidden, rngs=nnx.Rngs(seed + 1))
+    else:
+      decoder = InversionDecoder(leak_size, image_shape, hidden=cfg.decoder_hidden, rngs=nnx.Rngs(seed + 1))
+    decoder_graphdef, decoder_params, decoder_state = split_model(decoder)
 
-  def reconstruct_all(state):
-    fn = lambda im: reconstruct(state['params'], state['model_state'], im)
-    return apply_in_batches(fn, (private_images,), batch_size=cfg.batch_size, mesh=mesh)
+    def attack_step(state, batch, rng):
+      del rng
 
-  # Before the target drifts: the same random decoder on the trained target.
-  untrained = reconstruct_all(target_state)
-  state = jax.tree.map(jnp.copy, target_state)  # the step donates its input
-  state = _fit_attack('attack_sg_legacy', attack_step, state, batch_at, steps_per_epoch=steps_per_epoch,
-                      epochs=cfg.epochs, mesh=mesh, rng=rng, workdir=workdir, writer=writer)
+      def loss_fn(params):
+        model = merge_model(target_graphdef, params, state['model_state'])
+        dec = merge_model(decoder_graphdef, decoder_params, decoder_state)
+        recon = dec(features_of(model, batch), train=True)
+        return jnp.mean(jnp.square(normalize(batch['image']) - recon))
 
-  normalized = reconstruct_all(state)
-  to_unit = lambda z: np.clip(z * std + mean, 0.0, 1.0).astype(np.float32)
-  return AttackResult(reconstructions=to_unit(normalized), untrained_reconstructions=to_unit(untrained),
-                      normalized_reconstructions=normalized.astype(np.float32))
+      loss, grads = jax.value_and_grad(loss_fn)(state['params'])
+      updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+      # torch's SGD skips parameters that got no gradient: only the layers up to
+      # the leak move (weight decay and momentum included).
+      updates = jax.tree.map(lambda m, u: u if m else jnp.zeros_like(u), moves, updates)
+      params = optax.apply_updates(state['params'], updates)
+      return {**state, 'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, {'mse': loss}
+
+    def batch_at(step):
+      parts = mi_data.local_batch(aux_arrays, cfg.batch_size, seed=seed,
+                                  position=mi_data.Position(*divmod(step, steps_per_epoch)))
+      return mi_data.to_global_array(dict(zip(keys, parts)), mesh)
+
+    @jax.jit
+    def reconstruct(params, model_state, *arrays):
+      model = merge_model(target_graphdef, params, model_state)
+      dec = merge_model(decoder_graphdef, decoder_params, decoder_state)
+      return dec(features_of(model, dict(zip(keys, arrays))), train=True)  # the SG attacker never leaves train mode
+
+    def reconstruct_all(state):
+      fn = lambda *arrays: reconstruct(state['params'], state['model_state'], *arrays)
+      return apply_in_batches(fn, private_arrays, batch_size=cfg.batch_size, mesh=mesh)
+
+    # Before the target drifts: the same random decoder on the trained target.
+    untrained = reconstruct_all(target_state)
+    state = jax.tree.map(jnp.copy, target_state)  # the step donates its input
+    state = _fit_attack(phase, attack_step, state, batch_at, steps_per_epoch=steps_per_epoch,
+                        epochs=cfg.epochs, mesh=mesh, rng=rng, workdir=workdir, writer=writer,
+                        checkpoint_every_seconds=cfg.checkpoint_every_seconds)
+    normalized = reconstruct_all(state)
+    to_unit = lambda z: np.clip(z * std + mean, 0.0, 1.0).astype(np.float32)
+    return AttackResult(reconstructions=to_unit(normalized), untrained_reconstructions=to_unit(untrained),
+                        normalized_reconstructions=normalized.astype(np.float32), epochs_run=cfg.epochs)
+
+  return [attack(seed, _attack_phase('attack_sg_legacy', k)) for k, seed in enumerate(seeds)]

@@ -20,7 +20,7 @@ from typing import Callable
 
 from flax import nnx
 
-from mi_jax.defenses import bido, dp_sgd, gan_augmentation, gan_opt, mid, noise, nopeek, transfer
+from mi_jax.defenses import bido, dp_sgd, gan_augmentation, gan_opt, mid, noise, nopeek, sparse_coding, transfer
 from mi_jax.defenses.sparse_coding import SparseGuardFront, SparseStandardFront
 from mi_jax.models.target import TargetNetwork
 
@@ -58,6 +58,7 @@ LEAK_OF_SETTING = {'split': 'first', 'end_to_end': 'last_hidden'}
 
 # name → (config block under config.defense, factory, validator).
 _BLOCKS = {
+    'sparse-standard': ('sparse_standard', sparse_coding.standard_config_block, sparse_coding.validate_standard),
     'gaussian-noise': ('gaussian_noise', noise.gaussian_config_block, noise.validate_gaussian),
     'laplace-noise': ('laplace_noise', noise.laplace_config_block, noise.validate_laplace),
     'nopeek': ('nopeek', nopeek.config_block, nopeek.validate),
@@ -84,15 +85,25 @@ def _check_name(name) -> None:
     raise ValueError(f"defense.name must be one of {tuple(DEFENSES)}, got {name!r}")
 
 
-def validate(config) -> None:
-  """One-line ``ValueError`` for a bad field of the active defense's block."""
+def validate(config, *, only_active: bool = False) -> None:
+  """One-line ``ValueError`` for a bad field of a defense block in the config.
+
+  By default every mounted block is checked, not only the active defense's:
+  a sweep or the GAN experiment trains several defenses from one config, and
+  a bad value should stop the run before anything is written, whichever point
+  would have used it. ``only_active``: the active defense's block alone (a
+  sweep's point, whose setting may differ from the base config's). Only the
+  active defense's block must be present.
+  """
   name = config.defense.name
   _check_name(name)
-  if name in _BLOCKS:
-    field, _, validator = _BLOCKS[name]
-    if field not in config.defense:
+  for block_name, (field, _, validator) in _BLOCKS.items():
+    if only_active and block_name != name:
+      continue
+    if field in config.defense:
+      validator(config)
+    elif block_name == name:
       raise ValueError(f"defense.{field} is missing: defense.name={name!r} needs its config block")
-    validator(config)
 
 
 def _hooks(config) -> dict:
@@ -115,18 +126,39 @@ def build_target(config, image_shape, num_classes, *, rngs: nnx.Rngs) -> TargetN
   legacy = config.protocol == 'sg_legacy'
   front_cls = DEFENSES[name]
   front = None if front_cls is None else front_cls(config.defense, image_shape, legacy=legacy, rngs=rngs)
-  n_hidden = config.model.hidden_layers[config.setting]
   return TargetNetwork(
       image_shape=image_shape,
       num_classes=num_classes,
-      hidden_widths=(config.model.hidden_width,) * n_hidden,
       front=front,
       front_out_shape=None if front is None else front.out_shape,
       normalization=tuple(config.data.normalization),
-      width_axis_linear=legacy,
       rngs=rngs,
+      **_layout(config, image_shape),
       **_hooks(config),
   )
+
+
+def _layout(config, image_shape) -> dict:
+  """The dense layers: widths, and where they act.
+
+  Corrected: ``model.hidden_layers[setting]`` layers of ``model.hidden_width``
+  on the flattened input. ``sg_legacy`` builds the SG scripts' networks
+  (fidelity.md #14): split, one width-axis layer (the leak) then flat
+  layers; end to end, the four hidden layers 500, 500, 28 (the image width),
+  500 all along the width axis, the last without ReLU, flattened only for
+  the classifier.
+  """
+  n_hidden = config.model.hidden_layers[config.setting]
+  width = config.model.hidden_width
+  if config.protocol != 'sg_legacy':
+    return {'hidden_widths': (width,) * n_hidden}
+  if config.setting == 'split':
+    return {'hidden_widths': (width,) * n_hidden, 'row_wise_layers': 1}
+  if n_hidden != 4:
+    raise ValueError(f"model.hidden_layers.end_to_end must be 4 under protocol='sg_legacy' (the SG "
+                     f"end-to-end networks), got {n_hidden!r}")
+  return {'hidden_widths': (width, width, image_shape[1], width), 'row_wise_layers': 4,
+          'linear_layers': ('hidden_4',)}
 
 
 def extra_loss_for(config, *, num_classes: int = 10):

@@ -16,15 +16,19 @@ code (``self.k = self.feat_dim // 2``).
 Inference: the MID code samples z at test time too (its ``forward`` and
 ``predict`` both draw ε). Here a key gives a sampled z, no key gives z = μ:
 the train step and the attacker's query (``attack.noise_at_query``, the
-default) sample, as MID's code does; the accuracy evaluation, which passes
-no key, uses the posterior mean. The end-to-end leak ``'last_hidden'`` is the
-classifier's input z (see :mod:`mi_jax.models.target`).
+default) sample, as MID's code does, and so does the accuracy the
+experiment reports, which is measured with the attacker's own queries (one
+rule for every defense and both protocols); the rows also carry
+``accuracy_noise_free``, with z = μ. The end-to-end leak ``'last_hidden'``
+is the classifier's input z (see :mod:`mi_jax.models.target`).
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 from ml_collections import config_dict
+
+from mi_jax.utils import config_rules as rules
 
 
 def config_block() -> config_dict.ConfigDict:
@@ -42,11 +46,12 @@ def config_block() -> config_dict.ConfigDict:
 
 
 def validate(config) -> None:
-  cfg = config.defense.mid
-  if not cfg.beta >= 0:
-    raise ValueError(f"defense.mid.beta must be >= 0, got {cfg.beta!r}")
-  if cfg.bottleneck is not None and cfg.bottleneck < 1:
-    raise ValueError(f"defense.mid.bottleneck must be None or >= 1, got {cfg.bottleneck!r}")
+  """One-line ``ValueError`` for a bad ``defense.mid`` field."""
+  rules.check_fields(config.defense.mid, {
+      'beta': rules.number(low=0),
+      'bottleneck': rules.optional(rules.integer(low=1)),
+      'std_shift': rules.number(),  # any finite shift: σ = softplus(s − shift), log σ computed stably
+  }, 'defense.mid')
 
 
 def bottleneck_width(config) -> int:

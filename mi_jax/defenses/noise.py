@@ -14,8 +14,10 @@ attacker reads in the configured setting, ``hidden_1`` in the split setting
 and ``hidden_L`` end to end, so the leak includes the noise; ``'input'`` or
 ``'hidden_<k>'`` name a layer explicitly. Noise is drawn whenever a key is
 given: in every training step, and at the attacker's query unless
-``attack.noise_at_query`` is False (fidelity.md #4). Without a key (accuracy
-evaluation) the network is noise-free.
+``attack.noise_at_query`` is False (fidelity.md #4). The reported accuracy
+is measured with the attacker's queries, noise included (one rule for every
+defense and both protocols); rows also carry ``accuracy_noise_free``, the
+network without a key.
 
 ``protocol='sg_legacy'`` reproduces the SG/SCA scripts instead
 (``mariamsaed19/SCA-code-modified``, ``MNIST/mnist_gaussiannoise.py`` for the
@@ -33,6 +35,7 @@ from __future__ import annotations
 from ml_collections import config_dict
 
 from mi_jax.models.target import NoiseSpec
+from mi_jax.utils import config_rules as rules
 
 BOUNDS = ('tanh', 'none')
 
@@ -75,19 +78,16 @@ def _check_layer(config, field: str, layer) -> None:
 
 
 def validate_gaussian(config) -> None:
-  cfg = config.defense.gaussian_noise
-  if not cfg.sigma >= 0:
-    raise ValueError(f"defense.gaussian_noise.sigma must be >= 0, got {cfg.sigma!r}")
-  _check_layer(config, 'defense.gaussian_noise.layer', cfg.layer)
+  """One-line ``ValueError`` for a bad ``defense.gaussian_noise`` field."""
+  rules.check_fields(config, {'defense.gaussian_noise.sigma': rules.number(low=0)})
+  _check_layer(config, 'defense.gaussian_noise.layer', config.defense.gaussian_noise.layer)
 
 
 def validate_laplace(config) -> None:
-  cfg = config.defense.laplace_noise
-  if not cfg.scale >= 0:
-    raise ValueError(f"defense.laplace_noise.scale must be >= 0, got {cfg.scale!r}")
-  _check_layer(config, 'defense.laplace_noise.layer', cfg.layer)
-  if cfg.bound not in BOUNDS:
-    raise ValueError(f"defense.laplace_noise.bound must be one of {BOUNDS}, got {cfg.bound!r}")
+  """One-line ``ValueError`` for a bad ``defense.laplace_noise`` field."""
+  rules.check_fields(config, {'defense.laplace_noise.scale': rules.number(low=0),
+                              'defense.laplace_noise.bound': rules.one_of(BOUNDS)})
+  _check_layer(config, 'defense.laplace_noise.layer', config.defense.laplace_noise.layer)
 
 
 def gaussian_hooks(config) -> dict:

@@ -4,9 +4,10 @@
   vector to a 7×7 (H/4 × W/4) map, two stride-2 transposed convolutions with
   BatchNorm upsample it, a 3×3 conv and a sigmoid give an image in [0, 1].
 * :class:`LegacyRowDecoder` (``sg_legacy``): the SG code's attacker for its
-  width-axis networks: per (channel, row) ``Linear(500, 800) → ReLU →
-  Linear(800, W)``, then (when the leak has several channels) three 5×5
-  stride-1 transposed convs 28→16→16→1 with BatchNorm, producing
+  width-axis networks, in both settings (their leaks are C×H×500 maps): per
+  (channel, row) ``Linear(500, 800) → ReLU → Linear(800, W)``, then (when
+  the leak has several channels, i.e. behind a sparse front) ReLU and three
+  5×5 stride-1 transposed convs C→16→16→1 with BatchNorm, producing
   *normalised* pixels (no output squashing), as the SG code trains against
   the Normalize()d input.
 """
@@ -51,14 +52,15 @@ class LegacyRowDecoder(nnx.Module):
     _, w, image_c = image_shape
     self.fc1 = nnx.Linear(width, hidden, rngs=rngs)
     self.fc2 = nnx.Linear(hidden, w, rngs=rngs)
-    self.convs = None
+    convs = norms = None
     if c != image_c:
-      self.convs = nnx.List([
+      convs = nnx.List([
           nnx.ConvTranspose(c, 16, (5, 5), padding='SAME', use_bias=False, rngs=rngs),
           nnx.ConvTranspose(16, 16, (5, 5), padding='SAME', use_bias=False, rngs=rngs),
           nnx.ConvTranspose(16, image_c, (5, 5), padding='SAME', use_bias=False, rngs=rngs),
       ])
-      self.norms = nnx.List([nnx.BatchNorm(16, momentum=0.9, rngs=rngs) for _ in range(2)])
+      norms = nnx.List([nnx.BatchNorm(16, momentum=0.9, rngs=rngs) for _ in range(2)])
+    self.convs, self.norms = nnx.data(convs), nnx.data(norms)
 
   def __call__(self, features: jax.Array, *, train: bool = False) -> jax.Array:
     x = features.reshape(features.shape[0], *self.leak_shape)  # (N, C, H, width)

@@ -34,10 +34,16 @@ noise is drawn iff ``key`` is given (the train step always passes one; the
 attacker's query passes one iff ``config.attack.noise_at_query``); the SG
 code's ``train_only`` noise acts iff ``train=True`` (fidelity.md #4).
 
-``width_axis_linear`` reproduces the SG code's MNIST quirk (fidelity.md #6):
-its first ``Linear(28, 500)`` acts on the last axis of an NCHW tensor, i.e.
-along the image width for every (channel, row), instead of on the flattened
-image. The corrected default flattens first.
+``row_wise_layers`` reproduces the SG code's architecture (fidelity.md #6,
+#14): there every ``Linear`` before the flatten acts on the last axis of an
+NCHW tensor, i.e. along the image width for every (channel, row). Its
+split networks have one such layer (``Linear(28, 500)``, the leak, a
+C×H×500 map) before flattening into the rest; its end-to-end networks apply
+all four hidden layers row by row (500, 500, 28, 500, the last one linear)
+and flatten only for the classifier, so the end-to-end leak is also a
+C×H×500 map. The corrected default (``row_wise_layers=0``) flattens the
+image first. Row-wise activations are recorded flattened (N, C·H·width),
+channel-major as the SG code's ``view`` flattens them.
 """
 
 from __future__ import annotations
@@ -120,57 +126,75 @@ class TargetNetwork(nnx.Module):
       front: Optional[nnx.Module] = None,
       front_out_shape: Optional[tuple[int, int, int]] = None,
       normalization: tuple[float, float] = (0.0, 1.0),
-      width_axis_linear: bool = False,
+      row_wise_layers: int = 0,
       noise: Optional[Mapping[str, NoiseSpec]] = None,
       tanh_layers: Sequence[str] = (),
+      linear_layers: Sequence[str] = (),
       bottleneck: Optional[int] = None,
       bottleneck_std_shift: float = 5.0,
       rngs: nnx.Rngs,
   ):
     """``noise``: layer name ('input' or 'hidden_k') → :class:`NoiseSpec`.
+    ``row_wise_layers``: how many leading hidden layers act along the width
+    axis (the SG code's layout, module docstring); 0 flattens first.
     ``tanh_layers``: hidden layers whose ReLU becomes tanh (bounded features).
+    ``linear_layers``: hidden layers with no nonlinearity (the SG code's
+    last end-to-end hidden layer).
     ``bottleneck``: width k of a MID variational bottleneck before the
     classifier (None: none); σ = softplus(s − ``bottleneck_std_shift``).
     """
     if len(hidden_widths) < 1:
       raise ValueError(f"hidden_widths must name at least one layer, got {hidden_widths!r}")
+    if not 0 <= row_wise_layers <= len(hidden_widths):
+      raise ValueError(f"row_wise_layers must be in [0, {len(hidden_widths)}] (the hidden layers), "
+                       f"got {row_wise_layers!r}")
     hidden_names = tuple(f'hidden_{i + 1}' for i in range(len(hidden_widths)))
     noise = dict(noise or {})
     for name in noise:
       if name not in ('input', *hidden_names):
         raise ValueError(f"noise layer must be one of {('input', *hidden_names)}, got {name!r}")
-    for name in tanh_layers:
-      if name not in hidden_names:
-        raise ValueError(f"tanh_layers must be among {hidden_names}, got {name!r}")
+    for field, names in (('tanh_layers', tanh_layers), ('linear_layers', linear_layers)):
+      for name in names:
+        if name not in hidden_names:
+          raise ValueError(f"{field} must be among {hidden_names}, got {name!r}")
     if bottleneck is not None and bottleneck < 1:
       raise ValueError(f"bottleneck must be None or >= 1, got {bottleneck!r}")
     self.front = front
     self.mean, self.std = normalization
-    self.width_axis_linear = width_axis_linear
+    self.row_wise_layers = row_wise_layers
+    self.width_axis_linear = row_wise_layers > 0
     # Static (hashable) so the graphdef, not the state, carries the hooks.
     self.noise = tuple(sorted(noise.items()))
     self.tanh_layers = tuple(tanh_layers)
+    self.linear_layers = tuple(linear_layers)
     self.hidden_names = hidden_names
+    self.hidden_widths = tuple(int(w) for w in hidden_widths)
     self.bottleneck = bottleneck
     self.bottleneck_std_shift = float(bottleneck_std_shift)
     h, w, c = front_out_shape if front is not None else image_shape
-    if width_axis_linear:
-      # Linear(W, width) on (N, C, H, W): C·H rows of `width` features each.
-      self.first = nnx.Linear(w, hidden_widths[0], rngs=rngs)
-      first_size = c * h * hidden_widths[0]
-    else:
-      self.first = nnx.Linear(h * w * c, hidden_widths[0], rngs=rngs)
-      first_size = hidden_widths[0]
-    sizes = (first_size, *hidden_widths[1:])
+    self.row_grid = (c, h)  # the (channel, row) pairs a row-wise layer maps
+    # Input size of each hidden layer: row-wise layers see the last axis of
+    # (N, C, H, ·); the first flat layer sees everything flattened.
+    in_sizes, row_width = [], w
+    for k, width in enumerate(hidden_widths):
+      if k < row_wise_layers:
+        in_sizes.append(row_width)
+        row_width = width
+      elif k == row_wise_layers:
+        in_sizes.append(c * h * row_width if row_wise_layers else h * w * c)
+      else:
+        in_sizes.append(hidden_widths[k - 1])
+    out_size = c * h * hidden_widths[-1] if row_wise_layers == len(hidden_widths) else hidden_widths[-1]
+    self.first = nnx.Linear(in_sizes[0], hidden_widths[0], rngs=rngs)
     self.hidden = nnx.List(
-        [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
+        [nnx.Linear(a, b, rngs=rngs) for a, b in zip(in_sizes[1:], hidden_widths[1:])])
     if bottleneck is not None:
       # MID (Wang et al. 2021; its code's st_layer): one linear map to the
       # 2k statistics (μ, s) of the posterior q(z | h).
-      self.mid = nnx.Linear(sizes[-1], 2 * bottleneck, rngs=rngs)
+      self.mid = nnx.Linear(out_size, 2 * bottleneck, rngs=rngs)
       self.classifier = nnx.Linear(bottleneck, num_classes, rngs=rngs)
     else:
-      self.classifier = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+      self.classifier = nnx.Linear(out_size, num_classes, rngs=rngs)
 
   def preprocess(self, images: jax.Array) -> jax.Array:
     """uint8 [0, 255] (or float [0, 1]) → (x − mean) / std, float32."""
@@ -180,13 +204,24 @@ class TargetNetwork(nnx.Module):
     return (x - self.mean) / self.std
 
   def _activation(self, name: str, z: jax.Array) -> jax.Array:
+    if name in self.linear_layers:
+      return z
     return jnp.tanh(z) if name in self.tanh_layers else jax.nn.relu(z)
 
-  def _first_layer(self, x):
-    if self.width_axis_linear:
-      rows = jnp.transpose(x, (0, 3, 1, 2))  # NCHW, as the SG code sees it
-      return self._activation('hidden_1', self.first(rows)).reshape(x.shape[0], -1)
-    return self._activation('hidden_1', self.first(x.reshape(x.shape[0], -1)))
+  def leak_row_shape(self, name: str):
+    """(C, H, width) of a leak computed row-wise, else None (a flat vector)."""
+    if name not in LEAKS:
+      raise ValueError(f"leak must be one of {LEAKS}, got {name!r}")
+    index = 0 if name == 'first' else len(self.hidden_names) - 1
+    if index >= self.row_wise_layers or (name == 'last_hidden' and self.bottleneck is not None):
+      return None
+    return (*self.row_grid, self.hidden_widths[index])
+
+  def stochastic_at_inference(self) -> bool:
+    """Whether a query with a key differs from one without (random noise
+    hooks that act outside training, or the MID bottleneck)."""
+    return self.bottleneck is not None or any(
+        spec.kind in ('gaussian', 'laplace') and not spec.train_only for _, spec in self.noise)
 
   def _hook(self, name: str, h: jax.Array, *, train: bool, key) -> jax.Array:
     for layer, spec in self.noise:
@@ -200,33 +235,57 @@ class TargetNetwork(nnx.Module):
     mid = ('mid_mu', 'mid_std', 'mid_log_std', 'mid_z') if self.bottleneck is not None else ()
     return ('input', *front, *self.hidden_names, *LEAKS, *mid, 'logits')
 
+  def front_codes_are_fixed(self) -> bool:
+    """Whether :meth:`front_codes` of an image cannot change while the
+    layers after them learn (see ``activations(front_codes=...)``)."""
+    input_noise = any(name == 'input' and not spec.train_only for name, spec in self.noise)
+    return self.front is not None and self.front.codes_are_fixed() and not input_noise
+
+  def front_codes(self, images: jax.Array) -> jax.Array:
+    """The front's sparse codes in inference mode (before the layers after
+    its last sparse layer)."""
+    return self.front.sparse_codes(self._hook('input', self.preprocess(images), train=False, key=None))
+
   def activations(self, images: jax.Array, *, train: bool = False, key=None,
-                  stop_at: str = 'logits'):
+                  stop_at: str = 'logits', front_codes=None):
     """Named activations (see the module docstring) up to ``stop_at``.
 
     ``key`` is the randomness of stochastic defenses (noise layers, the MID
     bottleneck): given → sampled; None → noise-free (MID: z = μ).
+    ``front_codes``: :meth:`front_codes` of ``images``, computed earlier;
+    the forward then starts after the sparse layers (``images`` unused;
+    'input' is not recorded).
     """
     if stop_at not in self._names():
       raise ValueError(f"stop_at must be one of {self._names()}, got {stop_at!r}")
-    x = self._hook('input', self.preprocess(images), train=train, key=key)
-    out = {'input': x}
-    if stop_at == 'input':
-      return out
-    if self.front is not None:
-      x = self.front(x, train=train)
-      out['front'] = x
-      if stop_at == 'front':
+    if front_codes is not None:
+      if self.front is None:
+        raise ValueError("front_codes were given to a target without a front")
+      x = self.front.after_codes(front_codes, train=train)
+      out = {'front': x}
+    else:
+      x = self._hook('input', self.preprocess(images), train=train, key=key)
+      out = {'input': x}
+      if stop_at == 'input':
         return out
-    h = self._hook('hidden_1', self._first_layer(x), train=train, key=key)
-    out['hidden_1'] = out['first'] = h
-    if stop_at in out:
+      if self.front is not None:
+        x = self.front(x, train=train)
+        out['front'] = x
+    if stop_at == 'front':
       return out
-    for name, layer in zip(self.hidden_names[1:], self.hidden):
+    n = x.shape[0]
+    # Row-wise layers work on (N, C, H, ·), as the SG code's NCHW tensors.
+    h = jnp.transpose(x, (0, 3, 1, 2)) if self.row_wise_layers else x.reshape(n, -1)
+    for k, (name, layer) in enumerate(zip(self.hidden_names, (self.first, *self.hidden))):
+      if self.row_wise_layers and k == self.row_wise_layers:
+        h = h.reshape(n, -1)
       h = self._hook(name, self._activation(name, layer(h)), train=train, key=key)
-      out[name] = h
-      if stop_at == name:
+      out[name] = h.reshape(n, -1)
+      if k == 0:
+        out['first'] = out[name]
+      if stop_at in out:
         return out
+    h = h.reshape(n, -1)
     if self.bottleneck is not None:
       k = self.bottleneck
       stats = self.mid(h)
@@ -250,8 +309,8 @@ class TargetNetwork(nnx.Module):
   def __call__(self, images: jax.Array, *, train: bool = False, key=None) -> jax.Array:
     return self.activations(images, train=train, key=key)['logits']
 
-  def leak(self, images: jax.Array, name: str, *, key=None) -> jax.Array:
+  def leak(self, images: jax.Array, name: str, *, key=None, front_codes=None) -> jax.Array:
     """What the attacker observes at layer ``name`` (inference mode)."""
     if name not in LEAKS:
       raise ValueError(f"leak must be one of {LEAKS}, got {name!r}")
-    return self.activations(images, train=False, key=key, stop_at=name)[name]
+    return self.activations(images, train=False, key=key, stop_at=name, front_codes=front_codes)[name]

@@ -100,8 +100,18 @@ def fit(
     checkpoint_every_seconds: Optional[float] = None,
     log_every: int,
     writer: MetricWriter,
+    stop_when: Optional[Callable[[object], bool]] = None,
+    log_state: Optional[Callable[[object], dict]] = None,
 ):
   """Runs ``state, m = step_fn(state, batch_at(step), rng)`` up to ``total_steps``.
+
+  Early stop: ``stop_when(state) -> bool`` is asked after a resume and at
+  every logging step; when it says True the state is saved (if it was not
+  just saved) and returned. It must read only the state (e.g. a patience
+  counter the step keeps in it), so a resumed run stops where an
+  uninterrupted one would. ``log_state(state) -> {name: float}`` adds values
+  read from the state at each logging step (not window means; e.g. the
+  validation loss an early-stopping step keeps in its state).
 
   Resume: starts from the newest usable checkpoint in ``checkpoint_dir``
   (``batch_at`` must be a pure function of the step for the resumed run to
@@ -135,7 +145,7 @@ def fit(
     state = _run(phase=phase, step_fn=step_fn, state=state, batch_at=batch_at, position_at=position_at,
                  total_steps=total_steps, rng=rng, checkpointer=checkpointer,
                  checkpoint_every=checkpoint_every, checkpoint_every_seconds=checkpoint_every_seconds,
-                 log_every=log_every, writer=writer)
+                 log_every=log_every, writer=writer, stop_when=stop_when, log_state=log_state)
   except BaseException:
     with contextlib.suppress(Exception):  # the original failure is the one to report
       checkpointer.close()
@@ -164,8 +174,10 @@ def _resume(phase, state, position_at, checkpointer, writer):
 
 
 def _run(*, phase, step_fn, state, batch_at, position_at, total_steps, rng, checkpointer, checkpoint_every,
-         checkpoint_every_seconds, log_every, writer):
+         checkpoint_every_seconds, log_every, writer, stop_when, log_state):
   start, state = _resume(phase, state, position_at, checkpointer, writer)
+  if stop_when is not None and start and stop_when(state):
+    return state
   progress = Progress(phase, total_steps, start=start)
   unchecked = []  # measurements still on the device, since the last logging/saving step
   window = []  # host measurements of the current logging window
@@ -185,11 +197,17 @@ def _run(*, phase, step_fn, state, batch_at, position_at, total_steps, rng, chec
     window += host
     if log_now:
       means = {k: float(np.mean([np.asarray(m[k]) for m in window])) for k in window[0]}
+      if log_state is not None:
+        means.update({k: float(v) for k, v in log_state(state).items()})
       writer.write(phase, done, means)
       progress.update(done, ' '.join(f"{k}={v:.4g}" for k, v in means.items()))
       window = []
-    if save_now:
+    stop = log_now and stop_when is not None and done < total_steps and stop_when(state)
+    if save_now or stop:
       _check_state(phase, state, done, last_kept)
       checkpointer.save(done, state, position_at(done))
       last_kept, last_save_time = done, _clock()
+    if stop:
+      print(f"[{phase}] stopped early after step {done}", flush=True)
+      break
   return state

@@ -161,15 +161,32 @@ def write_bytes_atomic(path: PathLike, data: bytes, *, overwrite: bool = False) 
   A temporary file in the same directory is written, fsynced, then moved in
   place (os.replace when overwriting; os.link when not, so a file created
   meanwhile is never clobbered). Readers never see a half-written file and a
-  crash leaves at most a stray ``.<name>.*.tmp``.
+  crash leaves at most a stray ``.<name>.*.tmp``. A disk that is full or
+  read-only raises :class:`mi_jax.utils.metric_writer.StorageError` (an
+  ``OSError``; one line with the cause and ``path``) and leaves ``path`` as it was.
   """
   path = Path(path)
   if not overwrite and path.exists():
     raise _refuse(path)
   if not path.parent.is_dir():
     raise FileNotFoundError(f"directory {path.parent} does not exist; create it first")
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
   try:
+    _write_and_move(path, data, overwrite=overwrite)
+  except FileExistsError:
+    raise
+  except OSError as error:
+    # A full or read-only disk: one line with the cause and the path (the
+    # bare OSError of a failed write names neither the file nor, often, the path).
+    from mi_jax.utils.metric_writer import storage_error  # imports JAX; only on this path
+    raise storage_error(error, 'cannot write', str(path)) from error
+  _fsync_dir(path.parent)
+  return path
+
+
+def _write_and_move(path: Path, data: bytes, *, overwrite: bool) -> None:
+  tmp = None
+  try:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     with os.fdopen(fd, 'wb') as f:
       f.write(data)
       f.flush()
@@ -188,10 +205,8 @@ def write_bytes_atomic(path: PathLike, data: bytes, *, overwrite: bool = False) 
           raise _refuse(path) from None
         os.replace(tmp, path)
   finally:
-    if os.path.exists(tmp):
+    if tmp is not None and os.path.exists(tmp):
       os.unlink(tmp)
-  _fsync_dir(path.parent)
-  return path
 
 
 def write_text_atomic(path: PathLike, text: str, *, overwrite: bool = False) -> Path:
@@ -336,6 +351,22 @@ def _format_cell(mean: float, sd: Optional[float], decimals: int) -> str:
   return _format_number(mean, decimals) + ('' if sd is None else f" ± {_format_number(sd, decimals)}")
 
 
+# Metrics whose gap to no-defense is tested against the noise floor.
+DISTINGUISHED = ('psnr', 'ssim', 'attack_top1', 'knn_distance')
+DISTINGUISHABLE_MARK = '†'
+
+
+def distinguishable(stats, baseline) -> bool:
+  """Whether two (mean, sd) cells differ by more than 2 combined sd,
+  |m − m₀| > 2·√(sd² + sd₀²); False when either sd is unknown."""
+  if stats is None or baseline is None or stats[1] is None or baseline[1] is None:
+    return False
+  (mean, sd), (mean0, sd0) = stats, baseline
+  if not (math.isfinite(mean) and math.isfinite(mean0)):
+    return False
+  return abs(mean - mean0) > 2.0 * math.sqrt(sd ** 2 + sd0 ** 2)
+
+
 def _table(dataset: str, protocol: str, rows: list[dict]) -> str:
   settings = [s for s in SETTINGS if any(r['setting'] == s for r in rows)]
   cells = collections.defaultdict(list)  # (defense, lam, setting) -> rows over seeds
@@ -361,15 +392,25 @@ def _table(dataset: str, protocol: str, rows: list[dict]) -> str:
       '| ' + ' | '.join(header) + ' |',
       '| ' + ' | '.join([':---'] + ['---:'] * (len(header) - 1)) + ' |',
   ]
+  marked = False
   for defense, lam in order:
     knob = cells[next(k for k in cells if k[:2] == (defense, lam))][0].get('knob', 'λ')
     row_cells = [defense_label(defense, lam, knob).replace('|', r'\|')]
     for s in settings:
       group = cells.get((defense, lam, s), [])
+      baseline = cells.get(('no-defense', None, s), []) if defense != 'no-defense' else []
       for key, _, decimals, scale in columns:
         stats = seed_stats(group, key, scale=scale)
-        row_cells.append('—' if stats is None else _format_cell(*stats, decimals))
+        cell = '—' if stats is None else _format_cell(*stats, decimals)
+        if key in DISTINGUISHED and distinguishable(stats, seed_stats(baseline, key, scale=scale)):
+          cell += ' ' + DISTINGUISHABLE_MARK
+          marked = True
+        row_cells.append(cell)
     lines.append('| ' + ' | '.join(row_cells) + ' |')
+  if marked or carries_sd:
+    lines += ['', f"{DISTINGUISHABLE_MARK}: differs from no-defense (same setting) by more than two combined "
+                  "standard deviations, |m − m₀| > 2·√(sd² + sd₀²); cells without the mark are not "
+                  "distinguishable from no-defense at this noise floor."]
   return '\n'.join(lines)
 
 

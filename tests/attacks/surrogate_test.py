@@ -4,6 +4,7 @@ target instead and leaves the decoder at its initialisation."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from mi_jax.attacks.surrogate import legacy_surrogate_attack, query_target, surrogate_attack
@@ -13,12 +14,13 @@ from mi_jax.utils.metric_writer import MetricWriter
 from tests.helpers import load_config, mesh_of, synthetic_digits
 
 
-def _attack(tmp_path, protocol, epochs=8):
+def _attack(tmp_path, protocol, epochs=8, setting='split', defense='no-defense', patience=100):
   config = load_config('tiny')
   with config.unlocked():
+    config.attack.patience = patience
     config.protocol = protocol
-    config.defense.name = 'no-defense'
-    config.setting = 'split'
+    config.defense.name = defense
+    config.setting = setting
     config.attack.epochs = epochs
     config.attack.learning_rate = 3e-3
   model = build_target(config, (28, 28, 1), 10, rngs=nnx.Rngs(0))
@@ -29,14 +31,15 @@ def _attack(tmp_path, protocol, epochs=8):
   mesh = mesh_of(2)
   with jax.set_mesh(mesh):
     if protocol == 'sg_legacy':
-      result = legacy_surrogate_attack(
-          config=config, target_graphdef=graphdef, target_state=state, leak='first', aux_images=aux,
+      [result] = legacy_surrogate_attack(
+          config=config, target_graphdef=graphdef, target_state=state,
+          leak='first' if setting == 'split' else 'last_hidden', aux_images=aux,
           private_images=private, mesh=mesh, rng=jax.random.key(0), workdir=str(tmp_path),
           writer=MetricWriter(str(tmp_path)))
     else:
       query = lambda images: query_target(config, graphdef, state, images, leak='first', mesh=mesh,
                                           key=jax.random.key(1))[0]
-      result = surrogate_attack(
+      [result] = surrogate_attack(
           config=config, aux_features=query(aux), aux_images=aux, private_features=query(private),
           mesh=mesh, rng=jax.random.key(0), workdir=str(tmp_path), writer=MetricWriter(str(tmp_path)))
   return result, private.astype(np.float32) / 255.0, before, state
@@ -63,3 +66,64 @@ def test_legacy_attack_moves_the_target_and_never_trains_the_decoder(tmp_path):
   legacy_mse = np.mean((result.reconstructions - originals) ** 2)
   corrected_mse = np.mean((corrected.reconstructions - originals) ** 2)
   assert legacy_mse > 2 * corrected_mse, (legacy_mse, corrected_mse)
+
+
+def test_legacy_end_to_end_reads_the_row_map_with_the_sg_row_decoder(tmp_path, monkeypatch):
+  """fidelity #14: the SG end-to-end leak is a C×H×500 map (the last hidden
+  layer, row by row), read by the row-wise attacker, not a flat vector."""
+  from mi_jax.attacks import surrogate
+  built = []
+  real = surrogate.LegacyRowDecoder
+  monkeypatch.setattr(surrogate, 'LegacyRowDecoder',
+                      lambda shape, *a, **k: built.append(tuple(shape)) or real(shape, *a, **k))
+  config = load_config('tiny')
+  for defense, channels in (('no-defense', 1), ('sparse-guard', config.defense.features[1])):
+    built.clear()
+    result, originals, _, _ = _attack(tmp_path / defense, 'sg_legacy', epochs=1, setting='end_to_end',
+                                      defense=defense)
+    assert built == [(channels, 28, config.model.hidden_width)]
+    assert result.reconstructions.shape == originals.shape
+
+
+def test_attack_resumes_from_its_end_of_run_checkpoint(tmp_path):
+  """Checkpoints by wall time and at the end: a run stopped after 2 of 4
+  epochs and resumed ends where an uninterrupted run ends."""
+  whole, _, _, _ = _attack(tmp_path / 'whole', 'corrected', epochs=4)
+  _attack(tmp_path / 'cut', 'corrected', epochs=2)
+  resumed, _, _, _ = _attack(tmp_path / 'cut', 'corrected', epochs=4)
+  np.testing.assert_allclose(resumed.reconstructions, whole.reconstructions, rtol=1e-5, atol=1e-6)
+
+
+def test_legacy_attack_with_cached_sparse_codes_equals_the_full_forward(tmp_path, monkeypatch):
+  """Frozen dictionaries and grad='stop': the codes of the last sparse layer
+  are computed once per image; the attack must not change because of it."""
+  from mi_jax.models.target import TargetNetwork
+  cached, _, _, _ = _attack(tmp_path / 'cached', 'sg_legacy', epochs=1, defense='sparse-guard')
+  calls = []
+  monkeypatch.setattr(TargetNetwork, 'front_codes_are_fixed', lambda self: calls.append(1) and False)
+  full, _, _, _ = _attack(tmp_path / 'full', 'sg_legacy', epochs=1, defense='sparse-guard')
+  assert calls
+  np.testing.assert_allclose(cached.normalized_reconstructions, full.normalized_reconstructions,
+                             rtol=1e-4, atol=1e-4)
+  assert not np.allclose(cached.reconstructions, cached.untrained_reconstructions)
+
+
+def test_early_stopping_keeps_the_best_decoder_and_a_rerun_stops_where_it_stopped(tmp_path):
+  """The attack trains until the held-out slice of the auxiliary set stops
+  improving for `patience` epochs; a rerun in the same workdir resumes at the
+  stop and changes nothing."""
+  first, originals, _, _ = _attack(tmp_path, 'corrected', epochs=60, patience=2)
+  assert first.epochs_run < 60 and first.epochs_run == first.best_epoch + 2
+  assert 0 < first.validation_mse < np.finfo(np.float32).max
+  again, _, _, _ = _attack(tmp_path, 'corrected', epochs=60, patience=2)
+  assert (again.best_epoch, again.epochs_run) == (first.best_epoch, first.epochs_run)
+  np.testing.assert_allclose(again.reconstructions, first.reconstructions, rtol=1e-6, atol=1e-7)
+
+
+def test_validation_split_is_fixed_disjoint_and_refuses_an_empty_training_set():
+  from mi_jax.attacks.surrogate import validation_split
+  train, val = validation_split(100, 0.1, seed=0)
+  assert len(val) == 10 and len(train) == 90 and not set(train) & set(val)
+  np.testing.assert_array_equal(validation_split(100, 0.1, seed=0)[1], val)
+  with pytest.raises(ValueError, match='validation_fraction leaves no training images'):
+    validation_split(1, 0.5, seed=0)

@@ -56,12 +56,15 @@ def test_legacy_end_to_end_relative_noise_on_both_layers():
   model = build(config)
   out = model.activations(IMAGES, train=True)
   first = out['first']
-  # hidden_2 from the noisy first layer, unaltered; hidden_L = 1.5·relu(W h + b).
-  h = first
-  for layer in model.hidden:
-    h = jax.nn.relu(layer(h))
-  np.testing.assert_allclose(out['last_hidden'], 1.5 * h, rtol=1e-5)
-  np.testing.assert_allclose(out['hidden_2'], jax.nn.relu(model.hidden[0](first)), rtol=1e-6)
+  # The SG end-to-end network is row-wise (fidelity #14): hidden_2 from the
+  # noisy first layer, unaltered; hidden_L = 1.5·(W h + b), its last layer linear.
+  rows = first.reshape(len(first), 1, 28, -1)
+  h = rows
+  for k, layer in enumerate(model.hidden):
+    h = layer(h) if k == len(model.hidden) - 1 else jax.nn.relu(layer(h))
+  np.testing.assert_allclose(out['last_hidden'], 1.5 * h.reshape(len(h), -1), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out['hidden_2'], jax.nn.relu(model.hidden[0](rows)).reshape(len(rows), -1),
+                             rtol=1e-6)
 
 
 def test_laplace_noise_tanh_bound_scale_and_off_without_key():
@@ -100,7 +103,7 @@ def test_noise_layer_field_and_validation():
     defenses.validate(config)
   config.defense.gaussian_noise.layer = 'leak'
   config.defense.gaussian_noise.sigma = -1.0
-  with pytest.raises(ValueError, match='defense.gaussian_noise.sigma must be >= 0'):
+  with pytest.raises(ValueError, match='defense.gaussian_noise.sigma must be a finite number >= 0'):
     defenses.validate(config)
   config = defense_config('laplace-noise')
   config.defense.laplace_noise.bound = 'clip'

@@ -34,8 +34,11 @@ def test_extra_loss_only_for_loss_defenses():
 
 def test_config_blocks_are_lockable_and_named_for_the_sweep_knobs():
   blocks = defenses.config_blocks()
-  assert set(blocks) == {'gaussian_noise', 'laplace_noise', 'nopeek', 'mid', 'bido', 'dp_sgd', 'transfer',
-                         'gan_augmentation', 'gan_opt'}
+  assert set(blocks) == {'sparse_standard', 'gaussian_noise', 'laplace_noise', 'nopeek', 'mid', 'bido', 'dp_sgd',
+                         'transfer', 'gan_augmentation', 'gan_opt'}
+  # Sparse-Standard's one (first) sparse layer learns by backprop, as in the
+  # SG paper's experiments (footnote 1).
+  assert blocks['sparse_standard'].dictionary_update == 'gradient'
   assert all(isinstance(b, config_dict.ConfigDict) for b in blocks.values())
   # Fields the sweep's knobs (mi_jax.utils.sweep.KNOBS) point at.
   assert blocks['gaussian_noise'].sigma == 0.5 and blocks['laplace_noise'].scale == 0.5

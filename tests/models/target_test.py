@@ -87,9 +87,59 @@ def test_tanh_layers_and_bottleneck():
 
 def test_width_axis_linear_keeps_its_shape_with_hooks():
   model = TargetNetwork(image_shape=(28, 28, 1), num_classes=10, hidden_widths=(8, 6),
-                        width_axis_linear=True, noise={'hidden_1': NoiseSpec('relative', 0.5, train_only=True)},
+                        row_wise_layers=1, noise={'hidden_1': NoiseSpec('relative', 0.5, train_only=True)},
                         rngs=nnx.Rngs(0))
   out = model.activations(IMAGES, train=True)
   plain = model.activations(IMAGES, train=False)
   assert out['first'].shape == (6, 28 * 8)
   np.testing.assert_allclose(out['first'], 1.5 * plain['first'], rtol=1e-6)
+
+
+def _torch_style_rows(model, images, mean=0.0, std=1.0):
+  """NumPy float64 re-derivation of the SG end-to-end network, NCHW as torch
+  has it: every Linear acts on the last axis, view(-1, C·H·500) before the
+  classifier (its Linear(28·28·500, 10) / Linear(1·28·500, 10))."""
+  x = (np.asarray(images, np.float64) / 255.0 - mean) / std
+  x = np.transpose(x, (0, 3, 1, 2))  # NCHW
+  layers = (model.first, *model.hidden)
+  h = x
+  for k, layer in enumerate(layers):
+    h = h @ np.asarray(layer.kernel[...], np.float64) + np.asarray(layer.bias[...], np.float64)
+    if k < len(layers) - 1:
+      h = np.maximum(h, 0.0)
+  flat = h.reshape(len(h), -1)
+  logits = flat @ np.asarray(model.classifier.kernel[...], np.float64) + np.asarray(model.classifier.bias[...])
+  return flat, logits
+
+
+def test_sg_end_to_end_layout_matches_the_sg_code_row_by_row():
+  """sg_legacy end to end (fidelity #14): 500, 500, 28, 500 along the width
+  axis, the last linear, the leak a C×H×500 map, flattened for the classifier."""
+  model = TargetNetwork(image_shape=(28, 28, 1), num_classes=10, hidden_widths=(10, 10, 28, 10),
+                        row_wise_layers=4, linear_layers=('hidden_4',), rngs=nnx.Rngs(0))
+  assert model.first.kernel.shape == (28, 10) and model.hidden[1].kernel.shape == (10, 28)
+  assert model.classifier.kernel.shape == (1 * 28 * 10, 10)
+  assert model.leak_row_shape('last_hidden') == (1, 28, 10) and model.leak_row_shape('first') == (1, 28, 10)
+  out = model.activations(IMAGES)
+  leak, logits = _torch_style_rows(model, IMAGES)
+  np.testing.assert_allclose(out['last_hidden'], leak, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out['logits'], logits, rtol=1e-4, atol=1e-4)
+  assert (np.asarray(out['last_hidden']) < 0).any()  # no ReLU on the leaked layer
+
+
+def test_sg_split_layout_flattens_after_the_first_layer():
+  model = TargetNetwork(image_shape=(28, 28, 1), num_classes=10, hidden_widths=(10, 7), row_wise_layers=1,
+                        rngs=nnx.Rngs(0))
+  assert model.hidden[0].kernel.shape == (28 * 10, 7) and model.classifier.kernel.shape == (7, 10)
+  assert model.leak_row_shape('first') == (1, 28, 10) and model.leak_row_shape('last_hidden') is None
+  with pytest.raises(ValueError, match=r'row_wise_layers must be in \[0, 2\]'):
+    TargetNetwork(image_shape=(28, 28, 1), num_classes=10, hidden_widths=(10, 7), row_wise_layers=3,
+                  rngs=nnx.Rngs(0))
+
+
+def test_stochastic_at_inference():
+  assert not _net().stochastic_at_inference()
+  assert _net(bottleneck=4).stochastic_at_inference()
+  assert _net(noise={'hidden_1': NoiseSpec('laplace', 0.5)}).stochastic_at_inference()
+  assert not _net(noise={'hidden_1': NoiseSpec('laplace', 0.5, train_only=True)}).stochastic_at_inference()
+  assert not _net(noise={'input': NoiseSpec('relative', 0.5)}).stochastic_at_inference()

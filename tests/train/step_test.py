@@ -66,7 +66,7 @@ def test_legacy_protocol_keeps_dictionaries_frozen_and_normalises_inputs():
   model = nnx.merge(graphdef, state['params'], state['model_state'])
   assert model.front.scl1.normalize_input and model.front.scl2.normalize_input
   assert model.front.scl2.dictionary_update == 'frozen'
-  assert model.width_axis_linear
+  assert model.row_wise_layers == (1 if config.setting == 'split' else 4)
   mesh = mesh_of(1)
   step = jit_step(make_classifier_step(graphdef, tx), state, mesh)
   images, labels = synthetic_digits(16)
@@ -116,11 +116,34 @@ def test_leaks_have_the_documented_shapes(defense, protocol):
   last = model.leak(jnp.asarray(images), 'last_hidden')
   width = config.model.hidden_width
   if protocol == 'corrected':
-    assert first.shape == (3, width)
-  else:  # width-axis Linear on (N, C, H, W)
-    channels = {'no-defense': 1, 'sparse-standard': 4, 'sparse-guard': 6}[defense]
+    assert first.shape == (3, width) and last.shape == (3, width)
+  else:  # width-axis Linears on (N, C, H, W); legacy sparse-standard ends in Conv2d(4 → 6)
+    channels = {'no-defense': 1, 'sparse-standard': 6, 'sparse-guard': 6}[defense]
     assert first.shape == (3, channels * 28 * width)
-  assert last.shape == (3, width)
+    # End to end the SG networks stay row-wise up to the classifier.
+    assert last.shape == ((3, channels * 28 * width) if config.setting == 'end_to_end' else (3, width))
   assert model(jnp.asarray(images)).shape == (3, 10)
   with pytest.raises(ValueError, match=r"leak must be one of \('first', 'last_hidden'\)"):
     model.leak(jnp.asarray(images), 'penultimate')
+
+
+def test_sparse_standard_dictionary_is_trained_by_backprop_by_default():
+  """SG footnote 1: the experiments update the first sparse layer by
+  backpropagation; Sparse-Standard's one layer is that layer."""
+  config, graphdef, state, tx = _setup(defense='sparse-standard')
+  assert 'dictionary' in state['params']['front']['scl']  # an nnx.Param, seen by the optimiser
+  mesh = mesh_of(8)
+  step = jit_step(make_classifier_step(graphdef, tx), state, mesh)
+  images, labels = synthetic_digits(16)
+  before = np.asarray(state['params']['front']['scl']['dictionary'])
+  with jax.set_mesh(mesh):
+    after, _ = step(jax.tree.map(jnp.copy, state), to_global_array({'image': images, 'label': labels}, mesh),
+                    jax.random.key(0))
+  after = np.asarray(after['params']['front']['scl']['dictionary'])
+  assert np.abs(after - before).max() > 1e-6
+  np.testing.assert_allclose(np.sqrt((after ** 2).sum(axis=(0, 1, 2))), 1.0, atol=1e-5)  # renormalised
+  with config.unlocked():
+    config.defense.sparse_standard.dictionary_update = 'frozen'
+  frozen = build_target(config, (28, 28, 1), 10, rngs=nnx.Rngs(0))
+  _, _, frozen_state = nnx.split(frozen, nnx.Param, ...)
+  assert 'dictionary' in nnx.to_pure_dict(frozen_state)['front']['scl']  # not a parameter

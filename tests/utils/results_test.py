@@ -384,3 +384,15 @@ def test_rows_carrying_sd_fields_render_mean_plus_minus_sd():
   assert results.seed_stats(two, 'psnr') == (11.0, pytest.approx(math.sqrt(2.0)))
   assert results.seed_stats([_row()], 'fid') is None
   assert 'carries' not in results.results_markdown([_row()])
+
+
+def test_a_defense_is_marked_distinguishable_only_past_two_combined_sd():
+  base = _row(psnr=18.0, psnr_sd=0.2, ssim=0.70, ssim_sd=0.01)
+  far = _row(defense='sparse-guard', lam=0.5, psnr=16.0, psnr_sd=0.3, ssim=0.69, ssim_sd=0.01)
+  table = results.results_markdown([base, far])
+  row_line = next(line for line in table.splitlines() if line.startswith('| sparse-guard'))
+  # PSNR: |16 − 18| = 2 > 2·√(0.09 + 0.04) = 0.72 → marked; SSIM: 0.01 < 2·0.0141 → not.
+  assert '16.00 ± 0.30 †' in row_line and '0.690 ± 0.010 |' in row_line
+  assert 'more than two combined standard deviations' in table
+  assert results.distinguishable((1.0, 0.1), (1.5, 0.1)) and not results.distinguishable((1.0, 0.2), (1.5, 0.2))
+  assert not results.distinguishable((1.0, None), (5.0, 0.1))  # no noise floor, no claim
