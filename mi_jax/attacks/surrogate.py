@@ -240,7 +240,7 @@ def surrogate_attack_once(*, config, aux_features, aux_images, private_features,
   # The decoder's BatchNorm statistics with its final weights (mi_jax.train.batch_stats).
   best = batch_stats.recompute_batch_stats(graphdef, best, (train_features,),
                                            forward=lambda m, f: m(f, train=True), batch_size=cfg.batch_size,
-                                           mesh=mesh, seed=seed)
+                                           mesh=mesh, seed=seed, max_examples=batch_stats.DEFAULT_EXAMPLES)
   reconstructions = apply_in_batches(decode_state(best), (private_features,), batch_size=cfg.batch_size, mesh=mesh)
   return AttackResult(reconstructions=reconstructions, untrained_reconstructions=untrained,
                       best_epoch=int(state['best_epoch']), epochs_run=epochs_run,

@@ -37,6 +37,12 @@ from flax import nnx
 from mi_jax import data as mi_data
 from mi_jax.train.state import merge_model
 
+# Examples per recomputation pass by default: 512 images give each
+# convolutional BatchNorm ~400k positions per channel (28×28 codes), far
+# more than its two moments need, and keep the pass cheap when a forward
+# pass costs tens of milliseconds per image (two LCA loops on a CPU).
+DEFAULT_EXAMPLES = 512
+
 
 def has_batch_norm(model: nnx.Module) -> bool:
   return any(isinstance(node, nnx.BatchNorm) for _, node in nnx.iter_graph(model))
@@ -112,7 +118,8 @@ def recompute_batch_stats(
   sums = None
   for step in range(steps):
     local = mi_data.local_batch(arrays, batch_size, seed=seed, position=mi_data.Position(0, step))
-    moments = batch_moments(state['params'], state['model_state'], mi_data.to_global_array(local, mesh))
+    with jax.set_mesh(mesh):
+      moments = batch_moments(state['params'], state['model_state'], mi_data.to_global_array(local, mesh))
     # Per layer: Σ μ_k and Σ (σ²_k + μ_k²), accumulated in float64 on the host.
     moments = [(np.asarray(mu, np.float64), np.asarray(var, np.float64) + np.square(np.asarray(mu, np.float64)))
                for mu, var in jax.device_get(moments)]

@@ -50,7 +50,7 @@ def train_classifier(
   Checkpoints go to ``workdir/checkpoints/<phase>``; a killed run resumes.
 
   A model with BatchNorm gets its statistics recomputed after training over
-  one pass of ``images`` with the final weights
+  one pass of (up to 512 of) ``images`` with the final weights
   (:func:`mi_jax.train.batch_stats.recompute_batch_stats`; the pass is
   deterministic, so a resumed run ends identical); ``keep_batch_stats(path)``
   exempts frozen layers.
@@ -77,5 +77,5 @@ def train_classifier(
       checkpoint_every=checkpoint_every, log_every=log_every, writer=writer)
   state = batch_stats.recompute_batch_stats(
       graphdef, state, (images,), forward=lambda m, x: m(x, train=True), batch_size=batch_size,
-      mesh=mesh, seed=seed, keep=keep_batch_stats)
+      mesh=mesh, seed=seed, keep=keep_batch_stats, max_examples=batch_stats.DEFAULT_EXAMPLES)
   return graphdef, state

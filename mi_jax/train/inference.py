@@ -26,7 +26,8 @@ def apply_in_batches(fn: Callable, arrays, *, batch_size: int, mesh):
     valid = len(chunk[0])
     if valid < batch_size:  # pad with copies of the first row: static shapes
       chunk = [np.concatenate([c, np.repeat(c[:1], batch_size - valid, axis=0)]) for c in chunk]
-    result = fn(*to_global_array(tuple(c[mine] for c in chunk), mesh))
+    with jax.set_mesh(mesh):  # per-device layers (shard_map) see the mesh
+      result = fn(*to_global_array(tuple(c[mine] for c in chunk), mesh))
     if jax.process_count() > 1:
       result = multihost_utils.process_allgather(result, tiled=True)
     outputs.append(jax.tree.map(lambda r: np.asarray(r)[:valid], result))

@@ -65,7 +65,17 @@ def make_classifier_step(graphdef, tx: optax.GradientTransformation, *, extra_lo
 
 def jit_step(step_fn, state, mesh):
   """``jax.jit`` of a step with replicated state (donated) and a batch sharded
-  along 'data' (the batch arrives as global arrays that carry their sharding)."""
+  along 'data' (the batch arrives as global arrays that carry their sharding).
+
+  Calls run under ``jax.set_mesh(mesh)``, so layers that split per-device
+  work explicitly (the sparse coding layers' ``shard_map``) see the mesh.
+  """
   state_shardings = jax.tree.map(lambda _: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()), state)
-  return jax.jit(step_fn, in_shardings=(state_shardings, None, None),
-                 out_shardings=(state_shardings, None), donate_argnums=0)
+  jitted = jax.jit(step_fn, in_shardings=(state_shardings, None, None),
+                   out_shardings=(state_shardings, None), donate_argnums=0)
+
+  def step(state, batch, rng):
+    with jax.set_mesh(mesh):
+      return jitted(state, batch, rng)
+
+  return step
