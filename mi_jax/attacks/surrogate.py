@@ -30,11 +30,14 @@ import optax
 from flax import nnx
 
 from mi_jax import data as mi_data
-from mi_jax.models.decoder import InversionDecoder, LegacyRowDecoder
+from mi_jax.models.decoder import InversionDecoder, LegacyRowDecoder, MLPDecoder
 from mi_jax.train import batch_stats, loop
 from mi_jax.train.inference import apply_in_batches
 from mi_jax.train.state import init_train_state, make_optimizer, merge_model, replicated, split_model
 from mi_jax.train.step import jit_step
+
+# The corrected attacker's decoder (attack.decoder).
+DECODERS = {'mlp': MLPDecoder, 'conv': InversionDecoder}
 
 # Parameters of the target that feed each leaked layer (what sg_legacy's
 # misdirected optimiser actually moves: torch skips parameters without grad).
@@ -160,8 +163,8 @@ def surrogate_attack_once(*, config, aux_features, aux_images, private_features,
   train_rows, val_rows = validation_split(len(aux_images), cfg.validation_fraction, seed=config.seed)
   train_features, train_images = aux_features[train_rows], aux_images[train_rows]
   val_features, val_images = jnp.asarray(aux_features[val_rows]), jnp.asarray(_unit(aux_images[val_rows]))
-  decoder = InversionDecoder(aux_features.shape[-1], image_shape, hidden=cfg.decoder_hidden,
-                             rngs=nnx.Rngs(seed + 1))
+  decoder = DECODERS[cfg.decoder](aux_features.shape[-1], image_shape, hidden=cfg.decoder_hidden,
+                                  rngs=nnx.Rngs(seed + 1))
   tx = make_optimizer(cfg)
   graphdef, state = init_train_state(decoder, tx)
   # "No validation yet" is the largest float32, not inf: the loop refuses to
