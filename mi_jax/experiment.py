@@ -126,6 +126,7 @@ FIELDS = {
     'attack.validation_fraction': rules.number(above=0, below=1),
     'attack.patience': rules.integer(low=1),
     'attack.num_seeds': rules.integer(low=1),
+    'attack.legacy_epochs': rules.integer(low=1),
     'attack.decoder': rules.one_of(('mlp', 'conv')),
     'attack.decoder_hidden': rules.integer(low=1),
     'attack.noise_at_query': rules.BOOLEAN,

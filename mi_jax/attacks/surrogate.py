@@ -332,11 +332,11 @@ def legacy_surrogate_attack(*, config, target_graphdef, target_state, leak, aux_
     untrained = reconstruct_all(target_state)
     state = jax.tree.map(jnp.copy, target_state)  # the step donates its input
     state = _fit_attack(phase, attack_step, state, batch_at, steps_per_epoch=steps_per_epoch,
-                        epochs=cfg.epochs, mesh=mesh, rng=rng, workdir=workdir, writer=writer,
+                        epochs=cfg.legacy_epochs, mesh=mesh, rng=rng, workdir=workdir, writer=writer,
                         checkpoint_every_seconds=cfg.checkpoint_every_seconds)
     normalized = reconstruct_all(state)
     to_unit = lambda z: np.clip(z * std + mean, 0.0, 1.0).astype(np.float32)
     return AttackResult(reconstructions=to_unit(normalized), untrained_reconstructions=to_unit(untrained),
-                        normalized_reconstructions=normalized.astype(np.float32), epochs_run=cfg.epochs)
+                        normalized_reconstructions=normalized.astype(np.float32), epochs_run=cfg.legacy_epochs)
 
   return [attack(seed, _attack_phase('attack_sg_legacy', k)) for k, seed in enumerate(seeds)]
