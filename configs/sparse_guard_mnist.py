@@ -42,8 +42,8 @@ from ml_collections import config_dict
 
 from mi_jax import defenses
 
-# Per-dataset pixel statistics of the training split (torchvision's
-# Normalize values the SG code uses).
+# Per-dataset pixel mean and std of the official training split: the
+# Normalize values in common use (the SG code's for MNIST).
 NORMALIZATION = {
     'mnist': (0.1307, 0.3081),
     'fashion_mnist': (0.2860, 0.3530),

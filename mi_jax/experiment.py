@@ -375,6 +375,7 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
   row['seconds'] = round(time.perf_counter() - started, 1)
   shown = config.attack.figure_images
   figure = {'originals': originals[:shown], 'reconstructions': attacks[0].reconstructions[:shown]}
+  writer.rewind('result', -1)  # a point killed after this line and rerun logs its result once
   writer.write('result', 0, {k: v for k, v in row.items() if isinstance(v, (int, float))})
   return row, figure
 

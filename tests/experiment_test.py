@@ -57,6 +57,21 @@ def test_finished_points_are_not_rerun(tmp_path, synthetic_split, monkeypatch):
   assert len(rows) == 2
 
 
+def test_a_point_rerun_after_its_row_was_lost_logs_its_result_once(tmp_path, synthetic_split):
+  """Killed between its 'result' log line and row.json, a point reruns (from
+  its checkpoints) and its metrics.jsonl still holds one result record."""
+  config = load_config('tiny')
+  with config.unlocked():
+    config.sweep.enabled = False
+  experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+  [point] = [p for p in (tmp_path / 'points').iterdir()]
+  os.remove(tmp_path / 'results.json')
+  os.remove(point / 'row.json')
+  experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+  records = [json.loads(line) for line in (point / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['phase'] for r in records].count('result') == 1
+
+
 @pytest.mark.parametrize('override,message', [
     ('--config.dataset=cifar100', "dataset must be one of"),
     ('--config.defense.name=magic', "defense.name must be one of ('no-defense', 'sparse-standard', 'sparse-guard', "),

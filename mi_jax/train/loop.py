@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mi_jax.train.checkpoint import Checkpointer, all_finite
+from mi_jax.train.checkpoint import CheckpointRestoreError, Checkpointer, all_finite
 from mi_jax.utils.metric_writer import MetricWriter
 from mi_jax.utils.progress import Progress
 
@@ -176,7 +176,7 @@ def _resume(phase, state, position_at, checkpointer, writer):
     start, state, position = resumed
     expected = position_at(start)
     if position != expected:
-      raise RuntimeError(
+      raise CheckpointRestoreError(
           f"checkpoint at step {start} in {checkpointer.directory} was written with data position "
           f"{position}, but this run's data gives {expected}; refusing to resume a different run")
     print(f"[{phase}] resumed from step {start} ({checkpointer.directory})", flush=True)

@@ -13,7 +13,7 @@ from flax import nnx
 
 from mi_jax.defenses import build_target
 from mi_jax.train import loop
-from mi_jax.train.checkpoint import Checkpointer
+from mi_jax.train.checkpoint import CheckpointRestoreError, Checkpointer
 from mi_jax.data import to_global_array
 from mi_jax.train.state import init_train_state, make_optimizer, replicated
 from mi_jax.train.step import jit_step, make_classifier_step
@@ -27,7 +27,7 @@ class Killed(Exception):
   pass
 
 
-def _train(workdir, *, kill_at=None, make_nan=False):
+def _train(workdir, *, kill_at=None, make_nan=False, batches_per_epoch=4):
   config = load_config('tiny')
   model = build_target(config, (28, 28, 1), 10, rngs=nnx.Rngs(0))
   tx = make_optimizer(config.train)
@@ -47,7 +47,7 @@ def _train(workdir, *, kill_at=None, make_nan=False):
   with jax.set_mesh(mesh):
     return loop.fit(
         phase='target', step_fn=jit_step(make_classifier_step(graphdef, tx), state, mesh),
-        state=state, batch_at=batch_at, position_at=lambda s: {'epoch': s // 4, 'batch': s % 4},
+        state=state, batch_at=batch_at, position_at=lambda s: {'epoch': s // batches_per_epoch, 'batch': s % batches_per_epoch},
         total_steps=TOTAL, rng=jax.random.key(0), checkpoint_dir=str(workdir / 'ckpt'),
         checkpoint_every=2, log_every=1, writer=MetricWriter(str(workdir)))
 
@@ -61,6 +61,15 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-7)
   steps = [json.loads(line)['step'] for line in (tmp_path / 'b' / 'metrics.jsonl').read_text().splitlines()]
   assert steps == [1, 2, 3, 4, 5, 6]  # step 3 ran twice (before the kill, after resuming from 2), logged once
+
+
+def test_a_checkpoint_of_a_different_data_order_is_refused_as_a_restore_error(tmp_path):
+  """A checkpoint whose data position disagrees with this run's is another
+  run's: the loop refuses it with the storage error the CLI prints as one line."""
+  with pytest.raises(Killed):
+    _train(tmp_path, kill_at=3)
+  with pytest.raises(CheckpointRestoreError, match='data position'):
+    _train(tmp_path, batches_per_epoch=2)  # step 2 is epoch 1, batch 0 now
 
 
 def test_non_finite_loss_stops_at_the_step_that_made_it(tmp_path):
