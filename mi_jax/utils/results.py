@@ -367,6 +367,13 @@ def distinguishable(stats, baseline) -> bool:
   return abs(mean - mean0) > 2.0 * math.sqrt(sd ** 2 + sd0 ** 2)
 
 
+def _attacker_seeds(rows) -> str:
+  counts = sorted({r['attack_seeds'] for r in rows if _is_number(r.get('attack_seeds'))})
+  if not counts:
+    return "the attacker's seeds"
+  return f"the attacker's {'/'.join(str(c) for c in counts)} seeds"
+
+
 def _table(dataset: str, protocol: str, rows: list[dict]) -> str:
   settings = [s for s in SETTINGS if any(r['setting'] == s for r in rows)]
   cells = collections.defaultdict(list)  # (defense, lam, setting) -> rows over seeds
@@ -385,9 +392,10 @@ def _table(dataset: str, protocol: str, rows: list[dict]) -> str:
       f"### {dataset} — protocol `{protocol}`",
       '',
       PROTOCOL_NOTES[protocol],
-      f"Seeds: {', '.join(str(s) for s in seeds)}"
-      + ('; a cell with several shows mean ± sample std.' if len(seeds) > 1 else '.')
-      + (' A cell whose row carries `<metric>_sd` shows mean ± that sd.' if carries_sd else ''),
+      f"Target seeds: {', '.join(str(s) for s in seeds)}"
+      + ('; a cell with several shows mean ± sample std over them.' if len(seeds) > 1 else '.')
+      + (f" For one target, ± is the sd over {_attacker_seeds(rows)} (decoder initialisation and batch "
+         "order; the row's `<metric>_sd`)." if carries_sd else ''),
       '',
       '| ' + ' | '.join(header) + ' |',
       '| ' + ' | '.join([':---'] + ['---:'] * (len(header) - 1)) + ' |',

@@ -198,7 +198,7 @@ GOLDEN = """\
 ### mnist — protocol `corrected`
 
 Protocol `corrected`: attacker trained on its own parameters, images de-normalised to [0, 1] in float32, per-image PSNR (capped at 100 dB) and SSIM averaged over every reconstructed private image.
-Seeds: 0, 1; a cell with several shows mean ± sample std.
+Target seeds: 0, 1; a cell with several shows mean ± sample std over them.
 
 | Defense | End-to-end Acc ↑ (%) | End-to-end PSNR ↓ | End-to-end SSIM ↓ | Split Acc ↑ (%) | Split PSNR ↓ | Split SSIM ↓ |
 | :--- | ---: | ---: | ---: | ---: | ---: | ---: |
@@ -219,7 +219,7 @@ Trade-off against no-defense (same setting, seed means; accuracy Δs in percenta
 ### mnist — protocol `sg_legacy`
 
 Protocol `sg_legacy`: **reproduces the Sparse-Guard reference code, bugs included** (among them: the attacker is never trained; PSNR takes its range from each batch and SSIM assumes range 1.0 on normalised float16 tensors; means are over batches). Not comparable with `corrected` numbers.
-Seeds: 0.
+Target seeds: 0.
 
 | Defense | End-to-end Acc ↑ (%) | End-to-end PSNR ↓ | End-to-end SSIM ↓ |
 | :--- | ---: | ---: | ---: |
@@ -377,7 +377,10 @@ def test_rows_carrying_sd_fields_render_mean_plus_minus_sd():
   text = results.results_markdown(rows)
   assert '| no-defense | 97.50 ± 0.50 | 10.00 ± 0.25 | 0.712 | 50.0 ± 12.5 |' in text
   assert '| mid | 90.00 | 9.00 | 0.712 | — |' in text
-  assert 'A cell whose row carries `<metric>_sd` shows mean ± that sd.' in text
+  assert ("For one target, ± is the sd over the attacker's seeds (decoder initialisation and batch order; "
+          "the row's `<metric>_sd`).") in text
+  rows[0]['attack_seeds'] = 3
+  assert "± is the sd over the attacker's 3 seeds" in results.results_markdown(rows)
   assert results.seed_stats([rows[0]], 'accuracy', scale=100.0) == (97.5, 0.5)
   # Several seeds: their own sample std wins over any carried sd.
   two = [_row(psnr=10.0, psnr_sd=9.0), _row(seed=1, psnr=12.0, psnr_sd=9.0)]
