@@ -205,6 +205,9 @@ def get_config(arg: str = 'small'):
   })
   c.sweep.settings = ('end_to_end', 'split')
   c.sweep.protocols = ('corrected',)
+  # Targets per point (seeds config.seed + k): >1 makes each cell a mean ± sd
+  # over trained targets, the noise floor that includes target training.
+  c.sweep.target_seeds = 1
   if grid == 'all_defenses':
     c.sweep.enabled = True
     c.sweep.defenses = GRIDS[grid]

@@ -140,6 +140,7 @@ FIELDS = {
     'sweep.defenses': _choices(tuple(defenses.DEFENSES), 'defense names'),
     'sweep.settings': _choices(defenses.SETTINGS, 'settings'),
     'sweep.protocols': _choices(defenses.PROTOCOLS, 'protocols'),
+    'sweep.target_seeds': rules.integer(low=1),
 }
 
 
@@ -522,8 +523,10 @@ def _write_outputs(rows, figures, workdir) -> None:
   written = []
   for (setting, protocol), members in sorted(groups.items()):
     originals = members[0][1]['originals']
-    by_defense = {results_io.defense_label(row['defense'], row['lam'], row.get('knob', 'λ')): figure['reconstructions']
-                  for row, figure in members}
+    by_defense = {}  # one column per defense: its first target seed's reconstructions
+    for row, figure in members:
+      by_defense.setdefault(results_io.defense_label(row['defense'], row['lam'], row.get('knob', 'λ')),
+                            figure['reconstructions'])
     path = os.path.join(workdir, f"reconstructions_{setting}_{protocol}.png")
     written.append(reconstruction_grid(originals, by_defense, path, overwrite=True))
   for protocol in sorted({row['protocol'] for row in rows}):

@@ -57,6 +57,21 @@ def test_finished_points_are_not_rerun(tmp_path, synthetic_split, monkeypatch):
   assert len(rows) == 2
 
 
+def test_target_seeds_make_each_cell_a_mean_over_trained_targets(tmp_path, synthetic_split):
+  config = load_config('tiny')
+  with config.unlocked():
+    config.sweep.defenses = ('no-defense',)
+    config.sweep.target_seeds = 2
+  rows = experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+  assert [r['seed'] for r in rows] == [0, 1]
+  assert rows[0]['psnr'] != rows[1]['psnr']  # another target, another attack
+  table = (tmp_path / 'results.md').read_text()
+  assert 'Target seeds: 0, 1; a cell with several shows mean ± sample std over them.' in table
+  mean = np.mean([r['psnr'] for r in rows])
+  assert f"| no-defense | {100 * np.mean([r['accuracy'] for r in rows]):.2f} ± " in table
+  assert f"{mean:.2f} ± " in table
+
+
 def test_a_point_rerun_after_its_row_was_lost_logs_its_result_once(tmp_path, synthetic_split):
   """Killed between its 'result' log line and row.json, a point reruns (from
   its checkpoints) and its metrics.jsonl still holds one result record."""

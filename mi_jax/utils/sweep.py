@@ -1,4 +1,4 @@
-"""Expand ``config.sweep`` into one config per (defense, knob value, setting, protocol).
+"""Expand ``config.sweep`` into one config per (defense, knob value, setting, protocol, target seed).
 
 Each defense may have one swept hyperparameter, its *knob* (:data:`KNOBS`):
 λ for the sparse-coding defenses, the noise scale for the noise defenses,
@@ -7,6 +7,13 @@ the number of frozen layers for transfer learning. Its values come from
 ``sweep.lams[<defense with '_' for '-'>]`` (the key name is historical: the
 first knob was λ); results rows store the value under ``'lam'`` and the
 knob's symbol under ``'knob'``. Defenses without a knob get ``lam=None``.
+
+``sweep.target_seeds = n`` trains every point's target with the seeds
+``config.seed + k``, k < n (initialisation, batch order, attacker seeds;
+the data split stays the one ``config.seed`` draws), so a results cell is a
+mean ± sd over targets (each row still carries its attacker-seed sd).
+Points of the first seed keep their plain name; the others end in
+``_seed<seed>``.
 """
 
 from __future__ import annotations
@@ -52,9 +59,10 @@ def _set_knob(config, defense: str, value) -> None:
   node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], (int, float)) else value
 
 
-def point_name(defense: str, lam, setting: str, protocol: str) -> str:
+def point_name(defense: str, lam, setting: str, protocol: str, seed_offset: int = 0, seed: int = 0) -> str:
   lam_part = '' if lam is None else f"_{KNOBS[defense][0].split('.')[-1]}{lam:g}"
-  return f"{defense}{lam_part}_{setting}_{protocol}"
+  seed_part = f"_seed{seed}" if seed_offset else ''
+  return f"{defense}{lam_part}_{setting}_{protocol}{seed_part}"
 
 
 def sweep_lams(config, defense: str) -> tuple:
@@ -71,8 +79,8 @@ def expand(config) -> list[tuple[str, object]]:
     name = config.defense.name
     return [(point_name(name, get_knob(config, name), config.setting, config.protocol), config)]
   points = []
-  for protocol, setting, defense in itertools.product(
-      config.sweep.protocols, config.sweep.settings, config.sweep.defenses):
+  for offset, protocol, setting, defense in itertools.product(
+      range(config.sweep.target_seeds), config.sweep.protocols, config.sweep.settings, config.sweep.defenses):
     key = defense.replace('-', '_')
     values = sweep_lams(config, defense) if has_knob(defense) and key in config.sweep.lams else (
         (get_knob(config, defense),))
@@ -80,8 +88,9 @@ def expand(config) -> list[tuple[str, object]]:
       point = config.copy_and_resolve_references()
       with point.unlocked():
         point.protocol, point.setting, point.defense.name = protocol, setting, defense
+        point.seed = config.seed + offset
         if value is not None:
           _set_knob(point, defense, value)
         point.sweep.enabled = False
-      points.append((point_name(defense, value, setting, protocol), point.lock()))
+      points.append((point_name(defense, value, setting, protocol, offset, point.seed), point.lock()))
   return points
