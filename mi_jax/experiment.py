@@ -27,14 +27,12 @@ from mi_jax import data as mi_data
 from mi_jax import defenses
 from mi_jax import judge as judge_lib
 from mi_jax.attacks.surrogate import legacy_surrogate_attack, query_target, surrogate_attack
-from mi_jax.lca.solver import LATERALS
 from mi_jax.metrics import attack_success, fid
 from mi_jax.metrics.image_quality import mean_psnr_ssim
 from mi_jax.metrics.legacy import SG_EVAL_SETTINGS, legacy_sg_scores
 from mi_jax.train.classifier import train_classifier
 from mi_jax.train.inference import apply_in_batches
 from mi_jax.train.state import make_optimizer, merge_model
-from mi_jax.train.step import make_classifier_step
 from mi_jax.utils import config_rules as rules
 from mi_jax.utils import results as results_io
 from mi_jax.utils.figures import reconstruction_grid, tradeoff_figure
@@ -43,14 +41,7 @@ from mi_jax.utils import sweep
 from mi_jax.utils import workdir as workdir_lib
 
 OPTIMIZERS = ('sgd', 'adam')
-THRESHOLDS = ('soft', 'hard')
-DICTIONARY_UPDATES = ('frozen', 'hebbian', 'gradient')
-GRADS = ('unroll', 'checkpoint', 'stop')
 ATTACKS = ('surrogate',)
-# Which SG reference script each defense's sg_legacy numbers imitate; the
-# other baselines' scripts score like the no-defense one (float32, batch 64).
-_SG_SCRIPT_FAMILY = {'no-defense': 'no_def', 'sparse-standard': 'sparse_standard',
-                     'sparse-guard': 'sparse_guard'}
 
 
 class ConfigError(ValueError):
@@ -66,19 +57,18 @@ def _check(ok: bool, message: str) -> None:
 CONFIG_SCALES = ('tiny', 'small', 'paper')
 _FID_IMAGES = rules.Rule(
     lambda v: v is None or (rules.integer(low=0).allows(v) and v != 1), 'None (all), 0 (off) or an integer >= 2')
-# 'same' padding (lcapt's) pads k // 2 on each side, which needs an odd kernel.
-_KERNEL = rules.Rule(lambda v: rules.integer(low=1).allows(v) and v % 2 == 1,
-                     'an odd integer >= 1 (the sparse layers pad k // 2 on each side)')
 
 
 def _choices(options, what: str) -> rules.Rule:
   return rules.tuple_of(rules.one_of(options), min_length=1, text=f"a non-empty tuple of {what} from {tuple(options)}")
 
 
-# Every field of configs/sparse_guard_mnist.py except the defense blocks
-# (``config.defense.<block>``, checked by :func:`mi_jax.defenses.validate`)
-# and ``sweep.lams`` (its keys vary; :func:`_check_sweep_lams`). A field
-# added to the config without a rule here fails tests/hardening/config_coverage_test.py.
+# Every field of configs/sparse_guard_mnist.py except those the defenses own
+# (their blocks ``config.defense.<block>``, checked by
+# :func:`mi_jax.defenses.validate`, and the fields they read under
+# ``config.defense``, :func:`mi_jax.defenses.field_rules`) and ``sweep.lams``
+# (its keys vary; :func:`_check_sweep_lams`). A field added to the config
+# without a rule fails tests/hardening/config_validation_test.py.
 FIELDS = {
     'scale': rules.one_of(CONFIG_SCALES),
     'dataset': rules.one_of(tuple(mi_data.DATASETS)),
@@ -93,23 +83,6 @@ FIELDS = {
     'model.hidden_width': rules.integer(low=1),
     'model.hidden_layers.end_to_end': rules.integer(low=1),
     'model.hidden_layers.split': rules.integer(low=1),
-    'defense.name': rules.one_of(tuple(defenses.DEFENSES)),
-    'defense.lam': rules.number(low=0),
-    'defense.features': rules.tuple_of(rules.integer(low=1), length=2,
-                                       text='two integers >= 1 (the atoms of each sparse layer)'),
-    'defense.kernel_size': _KERNEL,
-    'defense.stride': rules.integer(low=1),
-    'defense.tau': rules.number(above=0),
-    'defense.dt': rules.number(above=0),
-    'defense.n_steps': rules.integer(low=1),
-    'defense.threshold': rules.one_of(THRESHOLDS),
-    'defense.nonneg': rules.BOOLEAN,
-    'defense.normalize_input': rules.BOOLEAN,
-    'defense.dictionary_update': rules.tuple_of(rules.one_of(DICTIONARY_UPDATES), length=2,
-                                                text=f'two of {DICTIONARY_UPDATES} (one per sparse layer)'),
-    'defense.hebbian_eta': rules.number(low=0),
-    'defense.grad': rules.one_of(GRADS),
-    'defense.lateral': rules.one_of(LATERALS),
     'train.optimizer': rules.one_of(OPTIMIZERS),
     'train.learning_rate': rules.number(above=0),
     'train.momentum': rules.number(low=0, below=1),
@@ -137,11 +110,18 @@ FIELDS = {
     'metrics.fid_weights_path': rules.optional(rules.TEXT),
     'metrics.judge_scale': rules.optional(rules.one_of(tuple(judge_lib.SCALES))),
     'sweep.enabled': rules.BOOLEAN,
-    'sweep.defenses': _choices(tuple(defenses.DEFENSES), 'defense names'),
     'sweep.settings': _choices(defenses.SETTINGS, 'settings'),
     'sweep.protocols': _choices(defenses.PROTOCOLS, 'protocols'),
     'sweep.target_seeds': rules.integer(low=1),
 }
+
+
+def field_rules() -> dict:
+  """:data:`FIELDS` with the rules that depend on the registered defenses."""
+  return {**FIELDS,
+          'defense.name': rules.one_of(defenses.names()),
+          'sweep.defenses': _choices(defenses.names(), 'defense names'),
+          **defenses.field_rules()}
 
 
 def check_fields(config, table) -> None:
@@ -156,8 +136,8 @@ def _check_sweep_lams(config) -> None:
   """``sweep.lams.<defense>``: a defense with a knob, and values its knob can take."""
   for key in config.sweep.lams.keys():
     defense = key.replace('_', '-')
-    _check(sweep.has_knob(defense),
-           f"sweep.lams.{key} is not a defense with a knob; the keys are {tuple(k.replace('-', '_') for k in sweep.KNOBS)}")
+    with_knob = tuple(name.replace('-', '_') for name in defenses.names() if sweep.has_knob(name))
+    _check(key in with_knob, f"sweep.lams.{key} is not a defense with a knob; the keys are {with_knob}")
     # The knob's own type decides: transfer-learning freezes a whole number of layers.
     if isinstance(sweep.get_knob(config, defense), int):
       values = rules.tuple_of(rules.integer(low=0), min_length=1, text='a non-empty tuple of integers >= 0')
@@ -166,17 +146,17 @@ def _check_sweep_lams(config) -> None:
     check_fields(config, {f'sweep.lams.{key}': values})
 
 
-# The GAN-based defenses train a GAN on the private set with their block's gan_batch_size.
-_GAN_BLOCKS = {'gan-augmentation': 'gan_augmentation', 'gan-opt': 'gan_opt'}
+def _private_batches(config) -> dict:
+  """The active defense's own batches over the private set (a GAN's), {field: size}."""
+  defense = defenses.get(config.defense.name)
+  return {} if defense.private_batches is None else dict(defense.private_batches(config))
 
 
 def _check_devices(config, num_devices: int) -> None:
   """Global batches split evenly over the data-parallel devices."""
   sizes = {'train.batch_size': config.train.batch_size, 'attack.batch_size': config.attack.batch_size,
            'metrics.fid_batch_size': config.metrics.fid_batch_size}
-  block = _GAN_BLOCKS.get(config.defense.name)
-  if block is not None:
-    sizes[f'defense.{block}.gan_batch_size'] = config.defense[block].gan_batch_size
+  sizes.update(_private_batches(config))
   for field, size in sizes.items():
     _check(size % num_devices == 0, f"{field} must be a positive multiple of the {num_devices} devices, got {size!r}")
 
@@ -186,8 +166,6 @@ def _check_relations(config, num_devices: int) -> None:
   _check_devices(config, num_devices)
   _check(config.data.normalization[1] > 0, f"data.normalization must be (mean, std) with std > 0, "
          f"got {tuple(config.data.normalization)!r}")
-  _check(not (config.defense.grad == 'stop' and 'gradient' in config.defense.dictionary_update),
-         "defense.dictionary_update 'gradient' needs defense.grad in ('unroll', 'checkpoint'), got 'stop'")
   _check(not (config.protocol == 'sg_legacy' and config.setting == 'end_to_end'
               and config.model.hidden_layers.end_to_end != 4),
          f"model.hidden_layers.end_to_end must be 4 under protocol='sg_legacy' (the SG end-to-end networks), "
@@ -209,9 +187,8 @@ def _check_sizes(config, sizes) -> None:
   fits = []  # (field, batch, set size, which set)
   if private is not None:
     fits.append(('train.batch_size', config.train.batch_size, private, 'private set'))
-    block = _GAN_BLOCKS.get(config.defense.name)
-    if block is not None:
-      fits.append((f'defense.{block}.gan_batch_size', config.defense[block].gan_batch_size, private, 'private set'))
+    for field, size in _private_batches(config).items():
+      fits.append((field, size, private, 'private set'))
   if heldout is not None:
     # The surrogate attacker trains on the held-out set, less (corrected
     # protocol) the slice it keeps for early stopping.
@@ -221,18 +198,14 @@ def _check_sizes(config, sizes) -> None:
                    'held-out set the attacker trains on (less attack.validation_fraction)'))
     else:
       fits.append(('attack.batch_size', config.attack.batch_size, heldout, 'held-out set'))
-  if config.defense.name == 'transfer-learning':
-    # Stage 1 pre-trains on public data, as many images as public_limit (default: data.private_limit).
-    t = config.defense.transfer
-    public = t.public_limit if t.public_limit is not None else config.data.private_limit
-    if public is not None:
-      fits.append(('train.batch_size', config.train.batch_size, public, 'public set (defense.transfer.public_limit)'))
   for field, batch, n, what in fits:
     _check(batch <= n, f"{field} must be at most the {n} images of the {what}, got {batch!r}")
-  if config.defense.name == 'dp-sgd' and private is not None:
-    delta = config.defense.dp_sgd.delta
-    _check(delta < 1.0 / private, f"defense.dp_sgd.delta must be < 1/n = {1.0 / private:.3g} for the n = {private} "
-           f"private images, got {delta!r}")
+  defense = defenses.get(config.defense.name)
+  if defense.check_sizes is not None:
+    try:
+      defense.check_sizes(config, sizes)
+    except ValueError as error:
+      raise ConfigError(str(error)) from None
 
 
 def validate_config(config, *, num_devices: int, sizes=None) -> None:
@@ -246,7 +219,7 @@ def validate_config(config, *, num_devices: int, sizes=None) -> None:
   and ``data.heldout_limit``), and each point of a sweep passes too (the
   message then names the point).
   """
-  check_fields(config, FIELDS)
+  check_fields(config, field_rules())
   _check_sweep_lams(config)
   _check_defenses(config)  # every block's fields, before a sweep copies them into its points
   if sizes is None:
@@ -272,18 +245,17 @@ def train_target(config, split, *, mesh, workdir, writer):
   (ε, |θ_C|, …); the others train with cross-entropy plus the defense's
   regulariser (NoPeek, MID, BiDO) and report none.
   """
-  name = config.defense.name
-  if name in defenses.RECIPES:
-    return defenses.RECIPES[name](config, split, mesh=mesh, workdir=workdir, writer=writer)
+  defense = defenses.get(config.defense.name)
+  if defense.recipe is not None:
+    return defense.recipe(config, split, mesh=mesh, workdir=workdir, writer=writer)
   image_shape = tuple(split.private_images.shape[1:])
   model = defenses.build_target(config, image_shape, 10, rngs=nnx.Rngs(config.seed))
-  extra_loss = defenses.extra_loss_for(config)
   graphdef, state = train_classifier(
       model=model, tx=make_optimizer(config.train), images=split.private_images,
       labels=split.private_labels, batch_size=config.train.batch_size, epochs=config.train.epochs,
       seed=config.seed, mesh=mesh, workdir=workdir, writer=writer, phase='target',
       checkpoint_every=config.train.checkpoint_every_steps, log_every=config.train.log_every_steps,
-      make_step=lambda g, tx: make_classifier_step(g, tx, extra_loss=extra_loss))
+      make_step=defenses.classifier_step_for(config))
   return graphdef, state, {}
 
 
@@ -395,7 +367,7 @@ def _attack_scores(config, split, originals, attack, judge, judged_private) -> d
     # batch in its LCA scripts, float32 and 64 in its baselines.
     order = np.random.default_rng([config.seed, 2]).permutation(len(originals))
     legacy = legacy_sg_scores((originals[order] - mean) / std, attack.normalized_reconstructions[order],
-                              **SG_EVAL_SETTINGS[_SG_SCRIPT_FAMILY.get(config.defense.name, 'no_def')])
+                              **SG_EVAL_SETTINGS[defenses.get(config.defense.name).legacy_script])
     scores.update({'psnr': legacy.psnr, 'ssim': legacy.ssim, 'sg_row_frechet': legacy.row_frechet,
                    'psnr_unit_range': quality.psnr, 'ssim_unit_range': quality.ssim})
   if judge is not None:

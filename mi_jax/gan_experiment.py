@@ -53,8 +53,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from mi_jax import data as mi_data
+from mi_jax import defenses
 from mi_jax import experiment
 from mi_jax.attacks import gmi, kedmi, latent, ppa
+from mi_jax.models.sparse_coding import SCL_GRADS
 from mi_jax.train import gan
 from mi_jax.train.inference import apply_in_batches
 from mi_jax.utils import config_rules as rules
@@ -91,10 +93,8 @@ def _per_class(attack: str) -> str:
 # config does not have (those: mi_jax.experiment.FIELDS and the defense blocks).
 FIELDS = {
     'experiment': rules.one_of(('gan_attacks',)),
-    'defenses': rules.tuple_of(rules.one_of(tuple(experiment.defenses.DEFENSES)), min_length=1,
-                               text=f'a non-empty tuple of distinct defense names from {tuple(experiment.defenses.DEFENSES)}'),
     'attacks': rules.tuple_of(rules.one_of(ATTACKS), min_length=1, text=f'a non-empty tuple of {ATTACKS}'),
-    'attack_grad': rules.one_of(experiment.GRADS),
+    'attack_grad': rules.one_of(SCL_GRADS),
     'private_classes': _digits(2, 'at least 2 distinct digits'),
     'public_classes': _digits(1, 'at least 1 distinct digit'),
     'data.public_limit': rules.optional(rules.integer(low=1)),
@@ -160,7 +160,10 @@ def validate_config(config, *, num_devices: int, sizes=None) -> None:
   ``sizes``: {'private': n, 'public': n} of the loaded data; default, the
   configured limits.
   """
-  experiment.check_fields(config, FIELDS)
+  experiment.check_fields(config, {
+      **FIELDS, 'defenses': rules.tuple_of(
+          rules.one_of(defenses.names()), min_length=1,
+          text=f'a non-empty tuple of distinct defense names from {defenses.names()}')})
   sizes = _sizes(config) if sizes is None else sizes
   target_sizes = {'private': sizes.get('private')}  # no surrogate attack here: no held-out batch
   experiment.validate_config(config, num_devices=num_devices, sizes=target_sizes)
@@ -218,10 +221,9 @@ def attack_target_fn(config, defense: str, graphdef, state, image_shape):
   same parameters in a graph built with ``config.attack_grad`` (default
   'unroll': exact gradients through the LCA iterations).
   """
-  if config.attack_grad == config.defense.grad or defense not in ('sparse-standard', 'sparse-guard'):
+  if config.attack_grad == config.defense.grad or not defenses.get(defense).sparse_coding:
     return latent.target_logits_fn(graphdef, state)
   from flax import nnx
-  from mi_jax import defenses
   point = _point_config(config, defense, grad=config.attack_grad)
   model = defenses.build_target(point, image_shape, 10, rngs=nnx.Rngs(0))
   attack_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
@@ -493,7 +495,7 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
             **metrics, 'target_accuracy_on_reconstructions': float(np.mean(
                 np.argmax(np.asarray(jax.jit(target)(jnp.asarray(result.images))), -1) == result.labels)),
             'n_reconstructions': int(len(result.labels)), 'iterations': int(config[attack].iterations),
-            'attack_grad': config.attack_grad if defense in ('sparse-standard', 'sparse-guard') else None,
+            'attack_grad': config.attack_grad if defenses.get(defense).sparse_coding else None,
             'n_private': int(len(split.private_labels)), 'n_public': int(len(public_labels)),
             'config_hash': results_io.config_hash(_to_json(point)), 'code_version': results_io.code_version(),
             **extras, 'seconds': round(time.perf_counter() - attack_started + target_seconds, 1),

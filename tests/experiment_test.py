@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -235,3 +236,44 @@ def test_accuracy_is_measured_as_the_attacker_queries(tmp_path, synthetic_split,
     assert row['accuracy'] != pytest.approx(noise_free)
   else:
     assert 'accuracy_noise_free' not in row and row['accuracy'] == pytest.approx(noise_free)
+
+
+@pytest.fixture
+def toy_defense():
+  """A defense written in a few lines: a knob, a config block, a target hook and a loss."""
+  from ml_collections import config_dict
+
+  from mi_jax import defenses
+  from mi_jax.models.target import NoiseSpec
+
+  def block():
+    return config_dict.ConfigDict({'sigma': 0.1, 'weight': 0.01})
+
+  def extra_loss(config, num_classes):
+    weight = float(config.defense.toy_defense.weight)
+    def loss(activations, batch, key):
+      penalty = jnp.mean(activations['logits'] ** 2)
+      return weight * penalty, {'toy_logit_penalty': penalty}
+    return loss
+
+  defenses.register(defenses.Defense(
+      name='toy-defense', block='toy_defense', config_block=block,
+      validate=lambda config: None, knob=defenses.Knob('toy_defense.sigma', 's'),
+      target_hooks=lambda config: {'noise': {'input': NoiseSpec('gaussian', float(config.defense.toy_defense.sigma))}},
+      extra_loss=extra_loss))
+  yield 'toy-defense'
+  defenses.unregister('toy-defense')
+
+
+def test_a_new_defense_runs_through_the_grid_without_touching_the_experiment(tmp_path, synthetic_split, toy_defense):
+  config = load_config('tiny')  # mounts every registered block, the toy's included
+  with config.unlocked():
+    config.sweep.defenses = ('no-defense', toy_defense)
+    config.sweep.lams.toy_defense = (0.1, 0.3)
+  rows = experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+  assert [(r['defense'], r['lam'], r['knob']) for r in rows] == [
+      ('no-defense', None, 'λ'), (toy_defense, 0.1, 's'), (toy_defense, 0.3, 's')]
+  point = tmp_path / 'points' / 'toy-defense_sigma0.3_split_corrected'
+  logged = [json.loads(line) for line in (point / 'metrics.jsonl').read_text().splitlines()]
+  assert any('toy_logit_penalty' in entry for entry in logged if entry['phase'] == 'target')
+  assert 'toy-defense (s=0.3)' in (tmp_path / 'results.md').read_text()

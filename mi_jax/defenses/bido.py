@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from ml_collections import config_dict
 
 from mi_jax.defenses import dependence
+from mi_jax.defenses.registry import Defense, register
 from mi_jax.utils import config_rules as rules
 
 MEASURES = ('hsic', 'coco')
@@ -116,28 +117,43 @@ def pixels(preprocessed, normalization):
   return preprocessed * std + mean
 
 
-def make_extra_loss(config, *, num_classes: int = 10):
+def make_extra_loss(*, lambda_x: float, lambda_y: float, dependence_of, y_kernel: str, measure: str,
+                    normalization, layers, num_classes: int = 10):
   """``extra_loss(activations, batch, key) -> (Σ_l λx·d(x,z_l) − λy·d(z_l,y), measurements)``.
 
-  Measurements: ``bido_<measure>_xz`` = Σ_l d(x, z_l), ``bido_<measure>_yz``
-  = Σ_l d(z_l, y) and ``bido_regulariser``, the weighted total added to the
-  cross-entropy.
+  ``dependence_of(a, b, *, kernel_b)`` is d (:func:`dependence_fn`), ``layers``
+  the hidden layers z_l, ``normalization`` the target's (mean, std) to bring
+  its input back to pixels. Measurements: ``bido_<measure>_xz`` = Σ_l d(x, z_l),
+  ``bido_<measure>_yz`` = Σ_l d(z_l, y) and ``bido_regulariser``, the
+  weighted total added to the cross-entropy.
   """
-  cfg = config.defense.bido
-  lambda_x, lambda_y = float(cfg.lambda_x), float(cfg.lambda_y)
-  d = dependence_fn(cfg)
-  normalization = tuple(config.data.normalization)
-  n_hidden = config.model.hidden_layers[config.setting]
-  layers = tuple(f'hidden_{k + 1}' for k in range(n_hidden))
+  lambda_x, lambda_y = float(lambda_x), float(lambda_y)
+  normalization = tuple(normalization)
 
   def extra_loss(activations, batch, key):
     del key
     x = pixels(activations['input'], normalization)
     y = jax.nn.one_hot(batch['label'], num_classes, dtype=jnp.float32)
-    dx = sum(d(activations[name], x, kernel_b='gaussian') for name in layers)
-    dy = sum(d(activations[name], y, kernel_b=cfg.y_kernel) for name in layers)
+    dx = sum(dependence_of(activations[name], x, kernel_b='gaussian') for name in layers)
+    dy = sum(dependence_of(activations[name], y, kernel_b=y_kernel) for name in layers)
     term = lambda_x * dx - lambda_y * dy
-    name = cfg.measure
-    return term, {f'bido_{name}_xz': dx, f'bido_{name}_yz': dy, 'bido_regulariser': term}
+    return term, {f'bido_{measure}_xz': dx, f'bido_{measure}_yz': dy, 'bido_regulariser': term}
 
   return extra_loss
+
+
+def extra_loss_from_config(config, num_classes: int = 10):
+  """:func:`make_extra_loss` on every hidden layer, with ``config.defense.bido``'s weights and measure."""
+  cfg = config.defense.bido
+  n_hidden = config.model.hidden_layers[config.setting]
+  return make_extra_loss(lambda_x=cfg.lambda_x, lambda_y=cfg.lambda_y, dependence_of=dependence_fn(cfg),
+                         y_kernel=cfg.y_kernel, measure=cfg.measure, normalization=config.data.normalization,
+                         layers=tuple(f'hidden_{k + 1}' for k in range(n_hidden)), num_classes=num_classes)
+
+
+register(Defense(
+    name='bido',
+    summary='bilateral dependency optimisation: HSIC/COCO penalties on every hidden layer (Peng et al.)',
+    block='bido', config_block=config_block, validate=validate,
+    extra_loss=extra_loss_from_config,
+))

@@ -62,6 +62,8 @@ from ml_collections import config_dict
 
 from mi_jax import data as mi_data
 from mi_jax.data.batching import DATA_AXIS, check_batch_size, process_slice
+from mi_jax.defenses.registry import Defense, Knob, register
+from mi_jax.defenses.target import build_target
 from mi_jax.train import loop
 from mi_jax.train.state import init_train_state, make_optimizer, merge_model, replicated
 from mi_jax.train.step import jit_step
@@ -413,10 +415,6 @@ def train_dp_target(config, split, *, mesh, workdir: str, writer):
   (B = ``config.train.batch_size``, the expected batch size); resumable from
   ``workdir/checkpoints/target``.
   """
-  # Imported here: mi_jax.defenses imports its defense modules (this one
-  # included, once registered), so a top-level import would be circular.
-  from mi_jax import defenses
-
   validate_config(config)
   block = config.defense.dp_sgd
   images, labels = split.private_images, split.private_labels
@@ -451,7 +449,7 @@ def train_dp_target(config, split, *, mesh, workdir: str, writer):
   epsilon = epsilon_spent(noise_multiplier=sigma, **accounting)
 
   image_shape = tuple(images.shape[1:])
-  model = defenses.build_target(_dp_architecture(config), image_shape, 10, rngs=nnx.Rngs(config.seed))
+  model = build_target(_dp_architecture(config), image_shape, 10, rngs=nnx.Rngs(config.seed))
   refuse_batch_stats(model)
   tx = make_optimizer(config.train)
   graphdef, state = init_train_state(model, tx)
@@ -490,3 +488,20 @@ def train_dp_target(config, split, *, mesh, workdir: str, writer):
   writer.write('dp', total_steps, {**row_extras, 'dp_steps': total_steps, 'dp_sampling_probability': q,
                                    'dp_max_batch_size': max_batch_size})
   return graphdef, state, row_extras
+
+
+def check_sizes(config, sizes) -> None:
+  """δ < 1/n for the n private images (the guarantee means nothing otherwise)."""
+  private = sizes.get('private')
+  delta = config.defense.dp_sgd.delta
+  if private is not None and not delta < 1.0 / private:
+    raise ValueError(f"defense.dp_sgd.delta must be < 1/n = {1.0 / private:.3g} for the n = {private} "
+                     f"private images, got {delta!r}")
+
+
+register(Defense(
+    name=NAME,
+    summary='DP-SGD: per-example clipping and Gaussian noise, with a privacy accountant (Abadi et al.)',
+    block='dp_sgd', config_block=config_block, validate=validate_config,
+    knob=Knob('dp_sgd.noise_multiplier', 'z'), recipe=train_dp_target, check_sizes=check_sizes,
+))

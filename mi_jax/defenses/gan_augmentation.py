@@ -49,7 +49,10 @@ import numpy as np
 from flax import nnx
 from ml_collections import config_dict
 
+from mi_jax.defenses.registry import Defense, register
+from mi_jax.defenses.target import build_target
 from mi_jax.train import gan as gan_train
+from mi_jax.train.classifier import train_classifier
 from mi_jax.train.state import make_optimizer
 from mi_jax.utils import config_rules as rules
 
@@ -175,9 +178,6 @@ def augmented(real_images, real_labels, fake_images, fake_labels):
 def train_on(config, images, labels, *, num_classes: int, mesh, workdir: str, writer, phase: str = 'target',
              state=None, tx=None, epochs=None, seed=None):
   """The no-defense target trained on (images, labels) with ``config.train``."""
-  from mi_jax.defenses import build_target  # the registry imports this module
-  from mi_jax.train.classifier import train_classifier
-
   image_shape = tuple(images.shape[1:])
   model = build_target(no_defense(config), image_shape, num_classes, rngs=nnx.Rngs(config.seed))
   t = config.train
@@ -209,3 +209,16 @@ def train_gan_augmented_target(config, split, *, mesh, workdir: str, writer, num
   graphdef, state = train_on(config, train_images, train_labels, num_classes=num_classes,
                              mesh=mesh, workdir=workdir, writer=writer, phase='target')
   return graphdef, state, {'gan_epochs': int(b.gan_epochs), 'n_generated': int(n_fake)}
+
+
+def gan_batches(config, block: str = 'gan_augmentation') -> dict:
+  """The GAN's batch, which splits over the devices and must fit the private set."""
+  return {f'defense.{block}.gan_batch_size': config.defense[block].gan_batch_size}
+
+
+register(Defense(
+    name=NAME,
+    summary="a conditional GAN's samples added to the private training set (SG App. B)",
+    block='gan_augmentation', config_block=config_block, validate=validate,
+    recipe=train_gan_augmented_target, private_batches=gan_batches,
+))

@@ -74,6 +74,7 @@ from ml_collections import config_dict
 from mi_jax import data as mi_data
 from mi_jax.analysis.fisher import classification_loss, empirical_fisher
 from mi_jax.defenses import gan_augmentation as gan_aug
+from mi_jax.defenses.registry import Defense, register
 from mi_jax.train.state import make_optimizer
 from mi_jax.utils import config_rules as rules
 
@@ -302,3 +303,11 @@ def train_gan_opt_target(config, split, *, mesh, workdir: str, writer, num_class
   extras = {'gan_epochs': int(b.gan_epochs), 'n_generated': int(len(fake_labels)) if b.variant == 'bgan' else 0,
             'variant': b.variant, 'plus_plus': bool(b.plus_plus), 'n_decoy_generated': int(n_decoy)}
   return graphdef, state, extras
+
+
+register(Defense(
+    name=NAME,
+    summary='GAN-based defense of Gong et al.: fakes with wrong labels, a decoy public classifier; ++ recovers accuracy',
+    block='gan_opt', config_block=config_block, validate=validate,
+    recipe=train_gan_opt_target, private_batches=lambda config: gan_aug.gan_batches(config, 'gan_opt'),
+))

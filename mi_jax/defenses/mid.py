@@ -28,6 +28,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from ml_collections import config_dict
 
+from mi_jax.defenses.registry import Defense, Knob, register
 from mi_jax.utils import config_rules as rules
 
 
@@ -65,9 +66,9 @@ def gaussian_kl(mu, std, log_std=None):
   return jnp.sum(-0.5 * (1.0 + 2.0 * log_std - mu ** 2 - std ** 2), axis=-1)
 
 
-def make_extra_loss(config):
+def make_extra_loss(*, beta: float):
   """``extra_loss(activations, batch, key) -> (β·KL, measurements)``."""
-  beta = float(config.defense.mid.beta)
+  beta = float(beta)
 
   def extra_loss(activations, batch, key):
     del batch, key
@@ -75,3 +76,18 @@ def make_extra_loss(config):
     return beta * kl, {'mid_kl': kl}
 
   return extra_loss
+
+
+def target_hooks(config) -> dict:
+  """TargetNetwork keyword arguments: the stochastic bottleneck before the classifier."""
+  return {'bottleneck': bottleneck_width(config), 'bottleneck_std_shift': float(config.defense.mid.std_shift)}
+
+
+register(Defense(
+    name='mid',
+    summary='variational information bottleneck before the classifier (Wang et al., MID)',
+    block='mid', config_block=config_block, validate=validate,
+    knob=Knob('mid.beta', 'β'),
+    target_hooks=target_hooks,
+    extra_loss=lambda config, num_classes: make_extra_loss(beta=config.defense.mid.beta),
+))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from ml_collections import config_dict
 
+from mi_jax.defenses.registry import Defense, Knob, register
 from mi_jax.models.target import NoiseSpec
 from mi_jax.utils import config_rules as rules
 
@@ -109,3 +110,19 @@ def laplace_hooks(config) -> dict:
   spec = NoiseSpec('laplace', float(cfg.scale), train_only=legacy)
   bounded = cfg.bound == 'tanh' and not legacy and layer != 'input'
   return {'noise': {layer: spec}, 'tanh_layers': (layer,) if bounded else ()}
+
+
+register(Defense(
+    name='gaussian-noise',
+    summary='Gaussian noise on the leaked layer (SG App. B)',
+    block='gaussian_noise', config_block=gaussian_config_block, validate=validate_gaussian,
+    knob=Knob('gaussian_noise.sigma', 'σ'),
+    target_hooks=gaussian_hooks,
+))
+register(Defense(
+    name='laplace-noise',
+    summary='Laplace noise on the (tanh-bounded) leaked layer (Titcombe et al.)',
+    block='laplace_noise', config_block=laplace_config_block, validate=validate_laplace,
+    knob=Knob('laplace_noise.scale', 'b'),
+    target_hooks=laplace_hooks,
+))

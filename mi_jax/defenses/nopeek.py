@@ -15,6 +15,7 @@ from __future__ import annotations
 from ml_collections import config_dict
 
 from mi_jax.defenses.dependence import distance_correlation
+from mi_jax.defenses.registry import Defense, Knob, register
 from mi_jax.utils import config_rules as rules
 
 # Activation names the regulariser may decorrelate from the input.
@@ -46,10 +47,9 @@ def split_layer(config) -> str:
   return layer
 
 
-def make_extra_loss(config):
-  """``extra_loss(activations, batch, key) -> (w·dCor, measurements)``."""
-  weight = float(config.defense.nopeek.weight)
-  layer = split_layer(config)
+def make_extra_loss(*, weight: float, layer: str):
+  """``extra_loss(activations, batch, key) -> (w·dCor(x, h_layer), measurements)``."""
+  weight = float(weight)
 
   def extra_loss(activations, batch, key):
     del batch, key
@@ -57,3 +57,13 @@ def make_extra_loss(config):
     return weight * dcor, {'nopeek_dcor': dcor}
 
   return extra_loss
+
+
+register(Defense(
+    name='nopeek',
+    summary='distance-correlation penalty between the input and the leaked layer (Vepakomma et al.)',
+    block='nopeek', config_block=config_block, validate=validate,
+    knob=Knob('nopeek.weight', 'w'),
+    extra_loss=lambda config, num_classes: make_extra_loss(weight=config.defense.nopeek.weight,
+                                                           layer=split_layer(config)),
+))

@@ -35,8 +35,36 @@ from __future__ import annotations
 from flax import nnx
 from ml_collections import config_dict
 
-from mi_jax.models.sparse_coding import DICTIONARY_UPDATES, SCL_GRADS, SparseCodingLayer
+from mi_jax.defenses.registry import Defense, Knob, PostStep, register
+from mi_jax.lca.solver import LATERALS
+from mi_jax.models.sparse_coding import (DICTIONARY_UPDATES, SCL_GRADS, HebbianBatch, SparseCodingLayer,
+                                         apply_dictionary_updates)
 from mi_jax.utils import config_rules as rules
+
+THRESHOLDS = ('soft', 'hard')
+# 'same' padding (lcapt's) pads k // 2 on each side, which needs an odd kernel.
+_KERNEL = rules.Rule(lambda v: rules.integer(low=1).allows(v) and v % 2 == 1,
+                     'an odd integer >= 1 (the sparse layers pad k // 2 on each side)')
+# The LCA fields both sparse defenses read under ``config.defense`` (they live
+# there, not in a block, so ``--config.defense.lam=0.25`` sets λ).
+FIELDS = {
+    'defense.lam': rules.number(low=0),
+    'defense.features': rules.tuple_of(rules.integer(low=1), length=2,
+                                       text='two integers >= 1 (the atoms of each sparse layer)'),
+    'defense.kernel_size': _KERNEL,
+    'defense.stride': rules.integer(low=1),
+    'defense.tau': rules.number(above=0),
+    'defense.dt': rules.number(above=0),
+    'defense.n_steps': rules.integer(low=1),
+    'defense.threshold': rules.one_of(THRESHOLDS),
+    'defense.nonneg': rules.BOOLEAN,
+    'defense.normalize_input': rules.BOOLEAN,
+    'defense.dictionary_update': rules.tuple_of(rules.one_of(DICTIONARY_UPDATES), length=2,
+                                                text=f'two of {DICTIONARY_UPDATES} (one per sparse layer)'),
+    'defense.hebbian_eta': rules.number(low=0),
+    'defense.grad': rules.one_of(SCL_GRADS),
+    'defense.lateral': rules.one_of(LATERALS),
+}
 
 
 def _layer(cfg, index: int, in_features: int, *, legacy: bool, dictionary_update: str, grad: str,
@@ -165,3 +193,28 @@ class SparseGuardFront(_Front):
 
   def after_codes(self, codes, *, train: bool = False):
     return self.bn2(codes, use_running_average=not train)
+
+
+def validate_guard(config) -> None:
+  """Sparse-Guard's relation between fields (each field has its rule in :data:`FIELDS`)."""
+  if config.defense.grad == 'stop' and 'gradient' in config.defense.dictionary_update:
+    raise ValueError("defense.dictionary_update 'gradient' needs defense.grad in ('unroll', 'checkpoint'), got 'stop'")
+
+
+# The Hebbian (fast) dictionary update after each optimiser step, from the
+# batches the sparse layers sowed in the forward pass.
+HEBBIAN_POST_STEP = PostStep(collects=HebbianBatch, apply=apply_dictionary_updates)
+
+register(Defense(
+    name='sparse-standard',
+    summary='one sparse coding (LCA) layer after the input (SG §2)',
+    block='sparse_standard', config_block=standard_config_block, validate=validate_standard,
+    fields=FIELDS, knob=Knob('lam', 'λ'), front=SparseStandardFront, post_step=HEBBIAN_POST_STEP,
+    legacy_script='sparse_standard', sparse_coding=True,
+))
+register(Defense(
+    name='sparse-guard',
+    summary='[sparse coding layer → BatchNorm] × 2 (SG §2)',
+    validate=validate_guard, fields=FIELDS, knob=Knob('lam', 'λ'), front=SparseGuardFront,
+    post_step=HEBBIAN_POST_STEP, legacy_script='sparse_guard', sparse_coding=True,
+))

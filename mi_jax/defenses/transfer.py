@@ -55,6 +55,9 @@ from ml_collections import config_dict
 
 from mi_jax import data as mi_data
 from mi_jax.analysis.fisher import layer_name, layer_sizes, model_layer_order, rank_for_freezing
+from mi_jax.defenses.registry import Defense, Knob, register
+from mi_jax.defenses.target import build_target
+from mi_jax.train.classifier import train_classifier
 from mi_jax.train.state import make_optimizer, merge_model, split_model
 from mi_jax.train.step import make_classifier_step
 from mi_jax.utils import config_rules as rules
@@ -340,8 +343,6 @@ def train_transfer_target(config, split, *, mesh, workdir: str, writer, num_clas
   (unit tests pass synthetic data here; experiments never should).
   ``row_extras``: {'theta_c', 'theta_t', 'frozen_layers', 'public_source'}.
   """
-  from mi_jax.defenses import build_target  # the registry imports this module
-  from mi_jax.train.classifier import train_classifier
 
   validate(config)
   b = config.defense.transfer
@@ -397,3 +398,21 @@ def train_transfer_target(config, split, *, mesh, workdir: str, writer, num_clas
   extras = {'theta_c': theta_c, 'theta_t': theta_t, 'frozen_layers': ','.join(frozen),
             'public_source': source}
   return graphdef, state, extras
+
+
+def check_sizes(config, sizes) -> None:
+  """Stage 1's batch fits the public set (``public_limit``, default ``data.private_limit``)."""
+  del sizes  # the public set's size is configured, not measured here
+  t = config.defense.transfer
+  public = t.public_limit if t.public_limit is not None else config.data.private_limit
+  if public is not None and config.train.batch_size > public:
+    raise ValueError(f"train.batch_size must be at most the {public} images of the public set "
+                     f"(defense.transfer.public_limit), got {config.train.batch_size!r}")
+
+
+register(Defense(
+    name=NAME,
+    summary='transfer learning: pre-train on public data, fine-tune only the last layers on private data (TL-DMI)',
+    block='transfer', config_block=config_block, validate=validate,
+    knob=Knob('transfer.freeze_depth', 'frozen'), recipe=train_transfer_target, check_sizes=check_sizes,
+))

@@ -12,16 +12,19 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from mi_jax.models.sparse_coding import HebbianBatch, apply_dictionary_updates
 from mi_jax.train.state import merge_model, split_model
 
 
-def make_classifier_step(graphdef, tx: optax.GradientTransformation, *, extra_loss=None):
-  """Cross-entropy training of a target network, then its dictionary updates.
+def make_classifier_step(graphdef, tx: optax.GradientTransformation, *, extra_loss=None, post_step=None):
+  """Cross-entropy training of a target network, then the defense's post-step.
 
   ``extra_loss(activations, batch, key) -> (scalar, measurements)`` adds a
   defense's regulariser (NoPeek, MID, BiDO) to the cross-entropy; it sees
   every named activation of ``model.activations(..., train=True)``.
+  ``post_step`` (a :class:`mi_jax.defenses.registry.PostStep`, or anything
+  with ``collects`` and ``apply``): after the optimiser step,
+  ``post_step.apply(model, sown)`` with what the forward pass sowed into the
+  ``post_step.collects`` intermediates (the sparse layers' Hebbian update).
   """
 
   def train_step(state, batch, rng):
@@ -30,8 +33,12 @@ def make_classifier_step(graphdef, tx: optax.GradientTransformation, *, extra_lo
 
     def loss_fn(params):
       model = merge_model(graphdef, params, state['model_state'])
-      forward = nnx.capture(lambda m, images: m.activations(images, train=True, key=loss_key), HebbianBatch)
-      activations, hebbian = forward(model, batch['image'])
+      forward = lambda m, images: m.activations(images, train=True, key=loss_key)
+      if post_step is None:
+        activations, sown = forward(model, batch['image']), {}
+      else:
+        activations, sown = nnx.capture(forward, post_step.collects)(model, batch['image'])
+        sown = nnx.to_pure_dict(sown)
       logits = activations['logits']
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
       extra = {}
@@ -39,17 +46,17 @@ def make_classifier_step(graphdef, tx: optax.GradientTransformation, *, extra_lo
         term, extra = extra_loss(activations, batch, extra_key)
         extra = {'cross_entropy': loss, **extra}
         loss = loss + term
-      hebbian = nnx.to_pure_dict(hebbian)
       _, _, model_state = split_model(model)
-      return loss, (logits, model_state, hebbian, extra)
+      return loss, (logits, model_state, sown, extra)
 
-    (loss, (logits, model_state, hebbian, extra)), grads = jax.value_and_grad(
+    (loss, (logits, model_state, sown, extra)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(state['params'])
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    model = merge_model(graphdef, params, model_state)
-    apply_dictionary_updates(model, hebbian)
-    _, params, model_state = split_model(model)
+    if post_step is not None:
+      model = merge_model(graphdef, params, model_state)
+      post_step.apply(model, sown)
+      _, params, model_state = split_model(model)
     measurements = {
         'loss': loss,
         'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),

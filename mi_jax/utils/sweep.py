@@ -1,6 +1,6 @@
 """Expand ``config.sweep`` into one config per (defense, knob value, setting, protocol, target seed).
 
-Each defense may have one swept hyperparameter, its *knob* (:data:`KNOBS`):
+Each defense may have one swept hyperparameter, its *knob* (``Defense.knob``):
 λ for the sparse-coding defenses, the noise scale for the noise defenses,
 the regulariser weight for NoPeek and MID, the noise multiplier for DP-SGD,
 the number of frozen layers for transfer learning. Its values come from
@@ -20,47 +20,31 @@ from __future__ import annotations
 
 import itertools
 
-# defense → (config field under config.defense, symbol shown in tables).
-KNOBS = {
-    'sparse-standard': ('lam', 'λ'),
-    'sparse-guard': ('lam', 'λ'),
-    'gaussian-noise': ('gaussian_noise.sigma', 'σ'),
-    'laplace-noise': ('laplace_noise.scale', 'b'),
-    'nopeek': ('nopeek.weight', 'w'),
-    'mid': ('mid.beta', 'β'),
-    'dp-sgd': ('dp_sgd.noise_multiplier', 'z'),
-    'transfer-learning': ('transfer.freeze_depth', 'frozen'),
-}
+from mi_jax.defenses import registry
+
+
+
+def _knob(defense: str):
+  return registry.get(defense).knob
 
 
 def has_knob(defense: str) -> bool:
-  return defense in KNOBS
+  return _knob(defense) is not None
 
 
 def knob_symbol(defense: str) -> str:
-  return KNOBS[defense][1] if defense in KNOBS else 'λ'
+  knob = _knob(defense)
+  return 'λ' if knob is None else knob.symbol
 
 
 def get_knob(config, defense: str):
   """The knob's current value in ``config`` (None for defenses without one)."""
-  if defense not in KNOBS:
-    return None
-  node = config.defense
-  for part in KNOBS[defense][0].split('.'):
-    node = node[part]
-  return node
-
-
-def _set_knob(config, defense: str, value) -> None:
-  *parents, leaf = KNOBS[defense][0].split('.')
-  node = config.defense
-  for part in parents:
-    node = node[part]
-  node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], (int, float)) else value
+  knob = _knob(defense)
+  return None if knob is None else knob.get(config)
 
 
 def point_name(defense: str, lam, setting: str, protocol: str, seed_offset: int = 0, seed: int = 0) -> str:
-  lam_part = '' if lam is None else f"_{KNOBS[defense][0].split('.')[-1]}{lam:g}"
+  lam_part = '' if lam is None else f"_{_knob(defense).name}{lam:g}"
   seed_part = f"_seed{seed}" if seed_offset else ''
   return f"{defense}{lam_part}_{setting}_{protocol}{seed_part}"
 
@@ -90,7 +74,7 @@ def expand(config) -> list[tuple[str, object]]:
         point.protocol, point.setting, point.defense.name = protocol, setting, defense
         point.seed = config.seed + offset
         if value is not None:
-          _set_knob(point, defense, value)
+          _knob(defense).set(point, value)
         point.sweep.enabled = False
       points.append((point_name(defense, value, setting, protocol, offset, point.seed), point.lock()))
   return points

@@ -6,7 +6,6 @@ from flax import nnx
 
 from mi_jax import defenses
 from mi_jax.train.state import init_train_state, make_optimizer
-from mi_jax.train.step import make_classifier_step
 from tests.helpers import load_config, synthetic_digits
 
 
@@ -31,7 +30,7 @@ def train_steps(config, n_steps=2, batch=16):
   images, labels = synthetic_digits(batch)
   tx = make_optimizer(config.train)
   graphdef, state = init_train_state(build(config), tx)
-  step = jax.jit(make_classifier_step(graphdef, tx, extra_loss=defenses.extra_loss_for(config)))
+  step = jax.jit(defenses.classifier_step_for(config)(graphdef, tx))
   batch = {'image': jnp.asarray(images), 'label': jnp.asarray(labels)}
   history = []
   for _ in range(n_steps):

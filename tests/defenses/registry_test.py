@@ -19,10 +19,13 @@ def test_every_name_is_registered_builds_and_validates():
       _, params, _ = split_model(model)
       assert {'first', 'hidden', 'classifier'} <= set(params)
       assert ('mid' in params) == (name == 'mid')
-  assert set(NEW) <= set(defenses.DEFENSES)
-  # Defenses with their own training recipe; every recipe name is selectable.
-  assert set(defenses.RECIPES) == {'dp-sgd', 'transfer-learning', 'gan-augmentation', 'gan-opt'}
-  assert set(defenses.RECIPES) <= set(defenses.DEFENSES) and all(map(callable, defenses.RECIPES.values()))
+  assert set(NEW) <= set(defenses.names())
+  # Defenses with their own training recipe.
+  recipes = {name for name in defenses.names() if defenses.get(name).recipe is not None}
+  assert recipes == {'dp-sgd', 'transfer-learning', 'gan-augmentation', 'gan-opt'}
+  # The order of grids and tables: the baseline first, then as registered.
+  assert defenses.names() == ('no-defense', 'sparse-standard', 'sparse-guard', 'gaussian-noise', 'laplace-noise',
+                              'nopeek', 'mid', 'bido', 'dp-sgd', 'transfer-learning', 'gan-augmentation', 'gan-opt')
 
 
 def test_extra_loss_only_for_loss_defenses():
@@ -40,7 +43,7 @@ def test_config_blocks_are_lockable_and_named_for_the_sweep_knobs():
   # SG paper's experiments (footnote 1).
   assert blocks['sparse_standard'].dictionary_update == 'gradient'
   assert all(isinstance(b, config_dict.ConfigDict) for b in blocks.values())
-  # Fields the sweep's knobs (mi_jax.utils.sweep.KNOBS) point at.
+  # Fields the sweep's knobs (each descriptor's Knob) point at.
   assert blocks['gaussian_noise'].sigma == 0.5 and blocks['laplace_noise'].scale == 0.5
   assert blocks['nopeek'].weight == 0.1 and blocks['mid'].beta == 3e-3
   assert blocks['bido'].lambda_x == 0.05 and blocks['bido'].lambda_y == 0.5
@@ -66,7 +69,19 @@ def test_unknown_name_and_missing_block():
     defenses.validate(bare)
 
 
+def test_descriptors_say_what_each_defense_changes():
+  assert defenses.get('sparse-guard').knob.symbol == 'λ' and defenses.get('bido').knob is None
+  assert defenses.get('transfer-learning').knob.name == 'freeze_depth'
+  assert {n for n in defenses.names() if defenses.get(n).sparse_coding} == {'sparse-standard', 'sparse-guard'}
+  assert {n for n in defenses.names() if defenses.get(n).post_step} == {'sparse-standard', 'sparse-guard'}
+  assert {n for n in defenses.names() if defenses.get(n).target_hooks} == {'gaussian-noise', 'laplace-noise', 'mid'}
+  with pytest.raises(ValueError, match="'nopeek' is already registered"):
+    defenses.register(defenses.Defense(name='nopeek'))
+  with pytest.raises(ValueError, match="config block 'mid' is already taken"):
+    defenses.register(defenses.Defense(name='other', block='mid', config_block=dict))
+  assert 'other' not in defenses.names()
+
+
 def test_existing_names_keep_their_api():
-  assert defenses.uses_lambda('sparse-guard') and not defenses.uses_lambda('nopeek')
   assert defenses.LEAK_OF_SETTING == {'split': 'first', 'end_to_end': 'last_hidden'}
   assert defenses.PROTOCOLS == ('corrected', 'sg_legacy')
