@@ -7,6 +7,8 @@ Each defense in ``defenses`` trains one target (any of mi_jax.defenses, with
 the blocks of configs/sparse_guard_mnist.py); each attack in ``attacks``
 inverts every private class; one results row per defense × attack.
 
+Arguments: ``scale[,dataset]`` (``configs.base`` documents them).
+
 Commands (from the repository root):
 
   # Default: small, no-defense vs MID, all three attacks (≈10 min on 2 CPU cores).
@@ -33,32 +35,17 @@ for the fields added here, the main experiment's rules for the rest); a new
 field needs a rule, or tests/hardening/config_validation_test.py fails.
 """
 
-import importlib.util
-import os
-
 from ml_collections import config_dict
 
-SCALES = ('tiny', 'small', 'paper')
-
-
-def _base_config(scale: str, dataset: str):
-  """The main experiment's config (model, train, defense blocks), unlocked."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'sparse_guard_mnist.py')
-  spec = importlib.util.spec_from_file_location('sparse_guard_mnist_base', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(f'{scale},{dataset}')
-  c.unlock()
-  return c
+from configs import base, sparse_guard_mnist
 
 
 def get_config(arg: str = 'small'):
-  parts = [p for p in (arg or 'small').split(',') if p]
-  scale = parts[0] if parts else 'small'
-  dataset = parts[1] if len(parts) > 1 else 'mnist'
-  if scale not in SCALES:
-    raise ValueError(f"config argument scale must be one of {SCALES}, got {scale!r}")
-  c = _base_config(scale, dataset)
+  """The locked config of ``arg`` (``scale[,dataset]``, see ``configs.base``; no grid word)."""
+  argument = base.parse_argument(arg)
+  scale = argument.scale
+  # The main experiment's config (model, train, defense blocks), unlocked.
+  c = sparse_guard_mnist.build(argument)
   c.experiment = 'gan_attacks'
   c.sweep.enabled = False  # this experiment iterates over `defenses` itself
   c.defense.name = 'no-defense'  # overwritten per entry of `defenses`

@@ -25,9 +25,9 @@ Expected outcome (corrected protocol): the no-defense attack reconstructs
 digits (PSNR well above the untrained-decoder baseline); sparse coding
 lowers PSNR/SSIM at a small accuracy cost, more so as λ grows.
 
-Arguments: ``small`` (default), ``tiny``, ``paper``; append ``,fashion_mnist``
-to switch dataset (e.g. ``small,fashion_mnist``), and ``,all_defenses`` for
-the grid of every defense of both papers (issue 4; ``scripts/run_defense_grid.sh``):
+Arguments: ``scale[,dataset[,grid]]`` (``configs.base`` documents them), e.g.
+``small`` (default), ``tiny,fashion_mnist``; the grid ``all_defenses`` sweeps
+every defense of both papers (issue 4; ``scripts/run_defense_grid.sh``):
 
   python -m experiments.sparse_guard \
       --config=configs/sparse_guard_mnist.py:small,mnist,all_defenses \
@@ -40,17 +40,11 @@ there, or tests/hardening/config_validation_test.py fails.
 
 from ml_collections import config_dict
 
+from configs import base
 from mi_jax import defenses
 
-# Per-dataset pixel mean and std of the official training split: the
-# Normalize values in common use (the SG code's for MNIST).
-NORMALIZATION = {
-    'mnist': (0.1307, 0.3081),
-    'fashion_mnist': (0.2860, 0.3530),
-}
-
-
-# The defenses each grid sweeps (more knob values in sweep.lams).
+# The defenses each grid sweeps (more knob values in sweep.lams); the first
+# is the default grid of the config argument.
 GRIDS = {
     'sparse_guard': ('no-defense', 'sparse-standard', 'sparse-guard'),
     'all_defenses': tuple(defenses.DEFENSES),
@@ -58,36 +52,22 @@ GRIDS = {
 
 
 def get_config(arg: str = 'small'):
-  parts = [p for p in (arg or 'small').split(',') if p]
-  scale = parts[0] if parts else 'small'
-  dataset = parts[1] if len(parts) > 1 else 'mnist'
-  grid = parts[2] if len(parts) > 2 else 'sparse_guard'
-  if grid not in GRIDS:
-    raise ValueError(f"config argument grid must be one of {tuple(GRIDS)}, got {grid!r}")
-  if scale not in ('tiny', 'small', 'paper'):
-    raise ValueError(f"config argument scale must be one of ('tiny', 'small', 'paper'), got {scale!r}")
-  if dataset not in NORMALIZATION:
-    raise ValueError(f"config argument dataset must be one of {tuple(NORMALIZATION)}, got {dataset!r}")
+  """The locked config of ``arg`` (``scale[,dataset[,grid]]``, see ``configs.base``)."""
+  return build(base.parse_argument(arg, grids=tuple(GRIDS))).lock()
 
-  c = config_dict.ConfigDict()
-  c.scale = scale
-  c.dataset = dataset
-  c.seed = 0
+
+def build(argument: base.Argument) -> config_dict.ConfigDict:
+  """The config of a parsed argument, unlocked: the configs that derive from
+  this one (gan_attacks_mnist, fisher_importance, umap_features) add to it."""
+  scale, dataset, grid = argument.scale, argument.dataset, argument.grid or tuple(GRIDS)[0]
+  c = base.new_config(argument)
   # 'corrected': the method as the paper describes it, done right.
   # 'sg_legacy': the SG reference code's behaviour, item by item
   # (fidelity.md #1 untrained attacker, #3 metrics, #4 noise off, #6 LCA).
   c.protocol = 'corrected'
   c.setting = 'end_to_end'  # or 'split' (leaks the first dense layer)
 
-  c.data = config_dict.ConfigDict()
-  c.data.dir = config_dict.placeholder(str)  # default: $MI_JAX_DATA_DIR or ~/.cache/mi_jax/data
-  # SG protocol: pool train+test, 70% private (target trains, attack
-  # reconstructs), 30% held out (attacker's queries, target's test set).
-  c.data.private_fraction = 0.7
-  # Subsample each role for small runs (stratified); None = all of it.
-  c.data.private_limit = config_dict.placeholder(int)
-  c.data.heldout_limit = config_dict.placeholder(int)
-  c.data.normalization = NORMALIZATION[dataset]
+  c.data = base.data_block(dataset)
 
   c.model = config_dict.ConfigDict()
   c.model.hidden_width = 500  # SG's Linear(·, 500) layers
@@ -131,17 +111,7 @@ def get_config(arg: str = 'small'):
   for key, block in defenses.config_blocks().items():
     c.defense[key] = block
 
-  c.train = config_dict.ConfigDict()
-  # The SG code: SGD(lr=1e-3, momentum=0.9, weight_decay=1e-3), batch 32,
-  # 25 epochs. Same optimiser for every defense (fidelity.md #9).
-  c.train.optimizer = 'sgd'
-  c.train.learning_rate = 1e-3
-  c.train.momentum = 0.9
-  c.train.weight_decay = 1e-3
-  c.train.batch_size = 32
-  c.train.epochs = 25
-  c.train.checkpoint_every_steps = 500
-  c.train.log_every_steps = 50
+  c.train = base.train_block()
 
   c.attack = config_dict.ConfigDict()
   c.attack.name = 'surrogate'
@@ -218,7 +188,7 @@ def get_config(arg: str = 'small'):
 
   if scale in ('small', 'tiny'):
     _small(c, tiny=scale == 'tiny')
-  return c.lock()
+  return c
 
 
 def _small(c, *, tiny: bool):

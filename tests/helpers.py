@@ -1,6 +1,6 @@
 """Shared test fixtures. Synthetic data here is for unit tests only."""
 
-import importlib.util
+import importlib
 import pathlib
 
 import jax
@@ -9,11 +9,17 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def config_module(path: str):
+  """The ``configs`` module of a config file path ('configs/gan_attacks_mnist.py') or module name."""
+  name = path[:-len('.py')].replace('/', '.') if path.endswith('.py') else path
+  if not name.startswith('configs.'):
+    raise ValueError(f"path must name a module of the configs package, got {path!r}")
+  return importlib.import_module(name)
+
+
 def load_config(arg='tiny', path='configs/sparse_guard_mnist.py'):
-  spec = importlib.util.spec_from_file_location('config_under_test', ROOT / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  """The config of ``--config=<path>:<arg>``, imported as a module of the configs package."""
+  return config_module(path).get_config(arg)
 
 
 def synthetic_digits(n, seed=0, hw=28):
