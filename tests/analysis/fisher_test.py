@@ -1,15 +1,21 @@
 """Empirical Fisher per layer: oracle = a Python loop of single-example grads."""
 
+import json
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+from mi_jax import data as mi_data
 from mi_jax.analysis import fisher
+from mi_jax.experiments import fisher_importance as command
 from mi_jax.models.target import TargetNetwork
 from mi_jax.train.state import split_model
-from tests.helpers import mesh_of, synthetic_digits
+from tests.helpers import ROOT, load_config, mesh_of, synthetic_digits
 
 
 def small_target(seed=0):
@@ -101,8 +107,6 @@ def test_forward_order_ignores_names_and_parameterless_modules():
 
 
 def test_outputs_are_written_once_and_never_overwritten(tmp_path):
-  from experiments import fisher_importance as command
-
   order = ('first', 'classifier')
   importance = {'classification': {'first': 1.0, 'classifier': 3.0},
                 'inversion': {'first': 2.0, 'classifier': 0.0}}
@@ -110,14 +114,90 @@ def test_outputs_are_written_once_and_never_overwritten(tmp_path):
   assert [r['layer'] for r in rows] == list(order) and rows[0]['depth'] == 1
   assert rows[0]['inversion_share'] == 1.0 and rows[1]['classification_share'] == 0.75
   assert rows[0]['inversion_preference'] == pytest.approx(0.75)
-  path = tmp_path / 'fisher.md'
-  command._write_new(str(path), command.render_markdown(rows, {
-      'model': 'm', 'n_validation': 1, 'n_inversion': 1, 'inversion_images': 'private'}).encode())
-  assert '| 1 | first | 10 |' in path.read_text()
-  with pytest.raises(FileExistsError):
-    command._write_new(str(path), b'new')
-  assert path.read_text().startswith('# Fisher')
-  assert command.render_png(rows)[:4] == b'\x89PNG'
-  with pytest.raises(FileExistsError, match='fisher.md'):
-    command._check_free(str(tmp_path))
-  assert [p.name for p in tmp_path.iterdir()] == ['fisher.md']  # no temp files left
+  meta = {'model': 'm', 'n_validation': 1, 'n_inversion': 1, 'inversion_images': 'private'}
+  command.write_outputs(str(tmp_path), rows, meta)
+  assert '| 1 | first | 10 |' in (tmp_path / 'fisher.md').read_text()
+  assert json.loads((tmp_path / 'fisher.json').read_text()) == {'layers': rows, 'meta': meta}
+  assert (tmp_path / 'fisher.png').read_bytes()[:4] == b'\x89PNG'
+  before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+  with pytest.raises(FileExistsError, match='fisher.json'):
+    command.write_outputs(str(tmp_path), rows, {**meta, 'model': 'other'})
+  with pytest.raises(FileExistsError, match='fisher.json'):
+    command.refuse_existing_outputs(str(tmp_path))
+  # Nothing replaced, no temp files left.
+  assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+# ------------------------------------------------------------------ run() on a tiny synthetic split
+
+
+@pytest.fixture
+def synthetic_split(monkeypatch):
+  """SYNTHETIC data (unit test only) in place of the real loader."""
+  split = mi_data.ProtocolSplit(*synthetic_digits(64, seed=3), *synthetic_digits(32, seed=4))
+  monkeypatch.setattr(command.mi_data, 'load_sparse_guard', lambda *a, **k: split)
+  return split
+
+
+def tiny_config(**fisher):
+  config = load_config('tiny', 'configs/fisher_importance.py')
+  config.fisher.samples = 16  # keeps the per-example gradients cheap
+  for key, value in fisher.items():
+    config.fisher[key] = value
+  return config
+
+
+def test_run_trains_a_target_writes_its_outputs_and_reads_its_checkpoint_back(tmp_path, synthetic_split):
+  trained = tmp_path / 'trained'
+  rows = command.run(tiny_config(), str(trained), mesh=mesh_of(8))
+  depth = load_config('tiny', 'configs/fisher_importance.py').model.hidden_layers.end_to_end
+  assert [r['layer'] for r in rows] == ['first', *(f'hidden/{i}' for i in range(depth - 1)), 'classifier']
+  assert [r['depth'] for r in rows] == list(range(1, depth + 2))
+  assert sum(r['classification_share'] for r in rows) == pytest.approx(1.0)
+  assert rows[-1]['inversion'] == 0.0  # the classifier is past the inverted feature
+  saved = json.loads((trained / 'fisher.json').read_text())
+  assert saved['layers'] == json.loads(json.dumps(rows))
+  meta = saved['meta']
+  assert (meta['n_validation'], meta['n_inversion'], meta['inversion_images']) == (16, 16, 'private')
+  assert meta['checkpoint'] is None and meta['config']['fisher']['samples'] == 16
+  assert meta['model'] == 'no-defense target, end_to_end, mnist'
+  assert '| 1 | first |' in (trained / 'fisher.md').read_text()
+  assert (trained / 'fisher.png').read_bytes()[:4] == b'\x89PNG'
+  # The target it trained, restored: the same layers and numbers, no training.
+  restored = tmp_path / 'restored'
+  checkpoint = str(trained / 'checkpoints' / 'target')
+  assert command.run(tiny_config(checkpoint=checkpoint), str(restored), mesh=mesh_of(8)) == rows
+  assert json.loads((restored / 'fisher.json').read_text())['meta']['checkpoint'] == checkpoint
+  assert not (restored / 'checkpoints').exists()
+
+
+def test_run_refuses_before_it_writes_anything(tmp_path, synthetic_split):
+  (tmp_path / 'fisher.md').write_text('an earlier run')
+  with pytest.raises(FileExistsError, match=r"already holds \['fisher.md'\]"):
+    command.run(tiny_config(), str(tmp_path), mesh=mesh_of(8))
+  assert [p.name for p in tmp_path.iterdir()] == ['fisher.md']
+  np.save(tmp_path / 'wrong.npy', np.zeros((3, 28, 28, 1), np.uint8))
+  with pytest.raises(ValueError, match="reconstructions must have the private images' shape"):
+    command.run(tiny_config(reconstructions=str(tmp_path / 'wrong.npy')), str(tmp_path / 'new'), mesh=mesh_of(8))
+  with pytest.raises(ValueError, match='fisher.batch_size must be divisible by the 8 devices'):
+    command.run(tiny_config(batch_size=12), str(tmp_path / 'new'), mesh=mesh_of(8))
+  assert not (tmp_path / 'new').exists()
+
+
+def test_run_with_reconstructions_uses_them_for_the_inversion_loss(tmp_path, synthetic_split):
+  np.save(tmp_path / 'reconstructions.npy', np.full(synthetic_split.private_images.shape, 0.5, np.float32))
+  rows = command.run(tiny_config(reconstructions=str(tmp_path / 'reconstructions.npy')), str(tmp_path / 'run'),
+                     mesh=mesh_of(8))
+  meta = json.loads((tmp_path / 'run' / 'fisher.json').read_text())['meta']
+  assert meta['inversion_images'] == 'reconstructed'
+  assert all(np.isfinite(r['inversion']) for r in rows)
+
+
+def test_the_command_exits_2_with_one_line_for_a_bad_field(tmp_path):
+  done = subprocess.run(
+      [sys.executable, '-m', 'experiments.fisher_importance', '--config=configs/fisher_importance.py:tiny',
+       '--config.fisher.samples=0', f'--workdir={tmp_path / "run"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert done.stderr == 'error: fisher.samples must be an integer >= 1, got 0\n'
+  assert not (tmp_path / 'run').exists()
