@@ -30,7 +30,7 @@ KEDMI ≈ PPA; defenses lower it at some cost in natural accuracy. FID is
 reported with its N (25 reconstructions at small scale: dominated by bias,
 compare only equal N) next to the unbiased KID.
 
-Every field is checked before anything is written (``mi_jax.gan_experiment.FIELDS``
+Every field is checked before anything is written (``mi_jax.experiments.gan_attacks.FIELDS``
 for the fields added here, the main experiment's rules for the rest); a new
 field needs a rule, or tests/hardening/config_validation_test.py fails.
 """

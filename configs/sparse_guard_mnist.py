@@ -1,7 +1,7 @@
 """Sparse-Guard vs. the black-box inversion attack on MNIST (SG Table 1).
 
 One run = one (defense, λ, setting, protocol) point; a sweep expands the grid
-in ``config.sweep`` (see ``mi_jax.utils.sweep``).
+in ``config.sweep`` (see ``mi_jax.experiments.sweep``).
 
 Commands (from the repository root, after ``scripts/setup_env.sh``):
 
@@ -33,7 +33,7 @@ every defense of both papers (issue 4; ``scripts/run_defense_grid.sh``):
       --config=configs/sparse_guard_mnist.py:small,mnist,all_defenses \
       --workdir=results/defense_grid_small
 
-Every field is checked before anything is written (``mi_jax.experiment.FIELDS``
+Every field is checked before anything is written (``mi_jax.experiments.surrogate.FIELDS``
 and each defense module's ``validate``); a field added here needs a rule
 there, or tests/hardening/config_validation_test.py fails.
 """
@@ -43,11 +43,11 @@ from ml_collections import config_dict
 from configs import base
 from mi_jax import defenses
 
-# The defenses each grid sweeps (more knob values in sweep.lams); the first
+# The defenses each grid sweeps (more knob values in sweep.knob_values); the first
 # is the default grid of the config argument.
 GRIDS = {
     'sparse_guard': ('no-defense', 'sparse-standard', 'sparse-guard'),
-    'all_defenses': tuple(defenses.DEFENSES),
+    'all_defenses': defenses.names(),
 }
 
 
@@ -76,7 +76,7 @@ def build(argument: base.Argument) -> config_dict.ConfigDict:
   c.model.hidden_layers = config_dict.ConfigDict({'end_to_end': 4, 'split': 2})
 
   c.defense = config_dict.ConfigDict()
-  c.defense.name = 'sparse-guard'  # any of mi_jax.defenses.DEFENSES
+  c.defense.name = 'sparse-guard'  # any of mi_jax.defenses.names()
   c.defense.lam = 0.5  # SG Table 5 default; swept over {0.1, 0.25, 0.5, 0.75}
   c.defense.features = (16, 28)  # SG code, MNIST: 16 then 28 atoms
   c.defense.kernel_size = 5  # odd: the sparse layers pad k // 2 on each side ('same')
@@ -167,9 +167,10 @@ def build(argument: base.Argument) -> config_dict.ConfigDict:
   c.sweep = config_dict.ConfigDict()
   c.sweep.enabled = False
   c.sweep.defenses = ('no-defense', 'sparse-standard', 'sparse-guard')
-  # λ values per defense that has one (keys: defense names with '_').
+  # Values of each defense's knob (its one swept hyperparameter: λ, σ, b, w,
+  # β, z, frozen layers; mi_jax.defenses' Knob), keys: defense names with '_'.
   # Sparse-standard at the SG code's λ = 0.25; Sparse-Guard swept (SG Table 1).
-  c.sweep.lams = config_dict.ConfigDict({
+  c.sweep.knob_values = config_dict.ConfigDict({
       'sparse_standard': (0.25,),
       'sparse_guard': (0.1, 0.25, 0.5),
   })
@@ -183,8 +184,8 @@ def build(argument: base.Argument) -> config_dict.ConfigDict:
     c.sweep.defenses = GRIDS[grid]
     # One knob value per defense at its paper default, except the two
     # Laplace scales SG App. B reports and Sparse-Guard at its table default.
-    c.sweep.lams.sparse_guard = (0.5,)
-    c.sweep.lams.laplace_noise = (0.5, 1.0)
+    c.sweep.knob_values.sparse_guard = (0.5,)
+    c.sweep.knob_values.laplace_noise = (0.5, 1.0)
 
   if scale in ('small', 'tiny'):
     _small(c, tiny=scale == 'tiny')
@@ -257,5 +258,5 @@ def _small(c, *, tiny: bool):
     c.defense.features = (4, 6)
     if c.sweep.defenses == GRIDS['sparse_guard']:
       c.sweep.defenses = ('no-defense', 'sparse-guard')
-    c.sweep.lams.sparse_guard = (0.25,)
+    c.sweep.knob_values.sparse_guard = (0.25,)
     c.sweep.settings = ('split',)

@@ -3,7 +3,7 @@
   python -m experiments.sparse_guard --config=configs/sparse_guard_mnist.py:small \
       --workdir=results/sg_mnist_small [--config.defense.lam=0.25 ...]
 
-All logic lives in :mod:`mi_jax.experiment`; this file only parses flags.
+All logic lives in :mod:`mi_jax.experiments.surrogate`; this file only parses flags.
 Multi-host: set MI_JAX_DISTRIBUTED=1 to call ``jax.distributed.initialize()``
 first (TPU pods and SLURM/GPU clusters).
 """
@@ -11,4 +11,4 @@ first (TPU pods and SLURM/GPU clusters).
 from mi_jax.utils.cli import run_experiment
 
 if __name__ == '__main__':
-  run_experiment('mi_jax.experiment')
+  run_experiment('mi_jax.experiments.surrogate')

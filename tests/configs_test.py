@@ -8,7 +8,8 @@ import itertools
 import pytest
 
 from configs import base
-from mi_jax import experiment, gan_experiment
+from mi_jax.experiments import gan_attacks as gan_experiment
+from mi_jax.experiments import surrogate as experiment
 from mi_jax.experiments import fisher_importance, umap_features
 from mi_jax.utils import cli
 from tests.hardening.config_validation_test import _bad_values, _leaves, mutated, refusal

@@ -40,9 +40,3 @@ __all__ = [
     'unregister', 'validate',
 ]
 
-
-def __getattr__(attr):
-  # TEMPORARY while configs/ moves to names(): the old name→front mapping's keys.
-  if attr == 'DEFENSES':
-    return names()
-  raise AttributeError(attr)

@@ -68,7 +68,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 from ml_collections import config_dict
 
 from mi_jax import data as mi_data

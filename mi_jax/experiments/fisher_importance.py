@@ -28,7 +28,9 @@ import numpy as np
 from flax import nnx
 
 from mi_jax import data as mi_data
-from mi_jax import defenses, experiment
+from mi_jax import defenses
+from mi_jax.experiments import common
+from mi_jax.experiments import surrogate
 from mi_jax.analysis import fisher
 from mi_jax.utils import config_rules as rules
 from mi_jax.utils import results as results_io
@@ -36,7 +38,7 @@ from mi_jax.utils import results as results_io
 OUTPUTS = ('fisher.json', 'fisher.md', 'fisher.png')
 
 # The rules of config.fisher; the rest of the config is the main experiment's
-# (mi_jax.experiment.validate_config).
+# (mi_jax.experiments.surrogate.validate_config).
 FIELDS = {
     'fisher.samples': rules.integer(low=1),
     'fisher.batch_size': rules.integer(low=1),
@@ -46,12 +48,12 @@ FIELDS = {
 
 
 def validate_config(config, *, num_devices: int, sizes=None) -> None:
-  """One-line :class:`mi_jax.experiment.ConfigError` for the first bad field, before any work."""
-  experiment.check_fields(config, FIELDS)
+  """One-line :class:`mi_jax.experiments.common.ConfigError` for the first bad field, before any work."""
+  common.check_fields(config, FIELDS)
   if config.fisher.batch_size % num_devices:
-    raise experiment.ConfigError(f"fisher.batch_size must be divisible by the {num_devices} devices, "
+    raise common.ConfigError(f"fisher.batch_size must be divisible by the {num_devices} devices, "
                                  f"got {config.fisher.batch_size!r}")
-  experiment.validate_config(config, num_devices=num_devices, sizes=sizes)
+  surrogate.validate_config(config, num_devices=num_devices, sizes=sizes)
 
 
 def refuse_existing_outputs(workdir: str) -> None:
@@ -80,8 +82,9 @@ def _restored_state(model, tx, checkpoint: str, mesh):
 def _target(config, split, *, mesh, workdir):
   """(graphdef, params, model_state) of the restored (config.fisher.checkpoint) or freshly trained target.
 
-  Trained with plain cross-entropy, as this analysis always has (not
-  :func:`mi_jax.experiment.train_target`'s defense recipes and losses).
+  Trained with the defense's supervised train step (its extra loss and
+  post-step, :func:`mi_jax.defenses.classifier_step_for`); defenses with
+  their own training recipe are analysed from a checkpoint of the grid.
   """
   from mi_jax.train.classifier import train_classifier
   from mi_jax.train.state import make_optimizer
@@ -97,7 +100,8 @@ def _target(config, split, *, mesh, workdir):
         model=model, tx=tx, images=split.private_images, labels=split.private_labels,
         batch_size=config.train.batch_size, epochs=config.train.epochs, seed=config.seed, mesh=mesh,
         workdir=workdir, writer=MetricWriter(workdir), phase='target',
-        checkpoint_every=config.train.checkpoint_every_steps, log_every=config.train.log_every_steps)
+        checkpoint_every=config.train.checkpoint_every_steps, log_every=config.train.log_every_steps,
+        make_step=defenses.classifier_step_for(config))
   return graphdef, jax.device_get(state['params']), jax.device_get(state['model_state'])
 
 

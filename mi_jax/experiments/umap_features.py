@@ -37,7 +37,8 @@ from flax import nnx
 from ml_collections import config_dict
 
 from mi_jax import data as mi_data
-from mi_jax import experiment
+from mi_jax.experiments import common
+from mi_jax.experiments import surrogate
 from mi_jax.defenses import build_target
 from mi_jax.models.evaluation_cnn import to_unit_float
 from mi_jax.models.target import TargetNetwork
@@ -57,7 +58,7 @@ LINEAR_WIDTH = 256  # Both dense layers of the linear probe.
 SPARSE_FRONT_FIELDS = ('features', 'kernel_size', 'stride', 'lam', 'tau', 'dt', 'n_steps', 'threshold', 'nonneg')
 
 # The rules of config.umap; the rest of the config is the main experiment's
-# (mi_jax.experiment.validate_config).
+# (mi_jax.experiments.surrogate.validate_config).
 FIELDS = {
     'umap.datasets': rules.tuple_of(rules.one_of(tuple(mi_data.DATASETS)), min_length=1,
                                     text=f'a non-empty tuple of datasets from {tuple(mi_data.DATASETS)}'),
@@ -69,9 +70,9 @@ FIELDS = {
 
 
 def validate_config(config, *, num_devices: int) -> None:
-  """One-line :class:`mi_jax.experiment.ConfigError` for the first bad field, before any work."""
-  experiment.check_fields(config, FIELDS)
-  experiment.validate_config(config, num_devices=num_devices)
+  """One-line :class:`mi_jax.experiments.common.ConfigError` for the first bad field, before any work."""
+  common.check_fields(config, FIELDS)
+  surrogate.validate_config(config, num_devices=num_devices)
 
 
 class TwoConv(nnx.Module):

@@ -127,12 +127,14 @@ def read_json(path: str, *, fix: str):
     raise storage_error(error, 'cannot read', path) from error
 
 
-def check_config(path: str, expected: dict) -> None:
-  """Refuses to go on when ``path`` (a ``config.json``) exists and holds another config."""
+def check_config(path: str, expected: dict, *, ignore: Sequence[str] = ()) -> None:
+  """Refuses to go on when ``path`` (a ``config.json``) exists and holds another
+  config; top-level keys in ``ignore`` may differ."""
   if not os.path.exists(path):
     return
   fix = 'resume with the same config or choose a new --workdir'
-  if read_json(path, fix=fix) != expected:
+  drop = lambda config: {k: v for k, v in config.items() if k not in ignore}
+  if drop(read_json(path, fix=fix)) != drop(expected):
     raise FileExistsError(f"{os.path.dirname(path)} was started with a different config ({path}); {fix}")
 
 

@@ -4,7 +4,7 @@
 The attacker's GAN is trained on a disjoint synthetic sample (another seed):
 synthetic digits encode the class by blob position, so a GAN trained only on
 classes 5–9 (the bottom row) could never draw a top-row blob; the real
-experiment (mi_jax.gan_experiment) uses the class-disjoint MNIST protocol.
+experiment (mi_jax.experiments.gan_attacks) uses the class-disjoint MNIST protocol.
 A non-saturating GAN keeps the test fast (WGAN-GP needs several times more
 steps to leave the grey-blur stage); GMI's prior term reads any real/fake logit."""
 

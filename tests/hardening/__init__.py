@@ -2,7 +2,7 @@
 
 import os
 
-from mi_jax import experiment
+from mi_jax.experiments import surrogate as experiment
 from tests.helpers import load_config, mesh_of
 
 POINTS = ('no-defense_split_corrected', 'sparse-guard_lam0.25_split_corrected')  # the tiny sweep

@@ -55,7 +55,7 @@ def test_a_missing_config_file_is_one_line(capsys):
 
 def _errors():
   from mi_jax.data import DataUnavailableError
-  from mi_jax.experiment import ConfigError
+  from mi_jax.experiments.surrogate import ConfigError
   from mi_jax.train.checkpoint import CheckpointRestoreError
   from mi_jax.train.loop import NonFiniteLossError
   from mi_jax.utils.metric_writer import StorageError

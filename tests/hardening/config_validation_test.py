@@ -1,7 +1,7 @@
 """Issue 10, items 1-2: every config field is checked before anything is written,
 numbers are finite and in range, batches fit the data, and the one-line
 message names the config field. In-process (validate_config), so the big
-tables take seconds; tests/experiment_test.py runs a few through the command
+tables take seconds; tests/experiments/surrogate_test.py runs a few through the command
 line for the exit code and the empty workdir."""
 
 import copy
@@ -10,7 +10,7 @@ import math
 import pytest
 from ml_collections import config_dict
 
-from mi_jax import experiment, gan_experiment
+from mi_jax.experiments import gan_attacks as gan_experiment, surrogate as experiment
 from tests.helpers import load_config, mesh_of, synthetic_digits
 from tests.utils.cli_test import GAN_OPTIONAL, SG_OPTIONAL
 
@@ -90,9 +90,9 @@ SG_CASES = [
     ({'defense.gan_augmentation.gan_learning_rate': INF}, 'defense.gan_augmentation.gan_learning_rate'),
     ({'defense.gan_opt.ewc_lambda': INF}, 'defense.gan_opt.ewc_lambda'),
     ({'defense.transfer.freeze_layers': 'first'}, 'defense.transfer.freeze_layers'),
-    ({'sweep.lams.sparse_guard': (INF,)}, 'sweep.lams.sparse_guard'),
-    ({'sweep.lams.sparse_guard': ()}, 'sweep.lams.sparse_guard'),
-    ({'sweep.lams.dropout': (0.5,)}, 'sweep.lams.dropout'),
+    ({'sweep.knob_values.sparse_guard': (INF,)}, 'sweep.knob_values.sparse_guard'),
+    ({'sweep.knob_values.sparse_guard': ()}, 'sweep.knob_values.sparse_guard'),
+    ({'sweep.knob_values.dropout': (0.5,)}, 'sweep.knob_values.dropout'),
     ({'sweep.defenses': ()}, 'sweep.defenses'),
 ]
 
@@ -108,7 +108,7 @@ def test_bad_field_is_refused_naming_it(changes, field):
 def test_sweep_point_that_cannot_run_is_refused_naming_the_point():
   """The base config is fine; one point of the sweep (split: 2 hidden layers) is not."""
   config = mutated(load_config('small'), {'sweep.defenses': ('no-defense', 'laplace-noise'),
-                                          'sweep.lams.laplace_noise': (0.5,),
+                                          'sweep.knob_values.laplace_noise': (0.5,),
                                           'defense.laplace_noise.layer': 'hidden_4'})
   message = refusal(experiment.validate_config, config, num_devices=8)
   assert message.startswith('defense.laplace_noise.layer must be one of')
@@ -117,12 +117,12 @@ def test_sweep_point_that_cannot_run_is_refused_naming_the_point():
 
 def test_transfer_freeze_depth_of_a_sweep_is_checked_per_setting():
   config = mutated(load_config('small'), {'sweep.defenses': ('transfer-learning',),
-                                          'sweep.lams.transfer_learning': (1, 4)})
+                                          'sweep.knob_values.transfer_learning': (1, 4)})
   message = refusal(experiment.validate_config, config, num_devices=8)
   # End to end has 4 hidden layers + the head (4 is fine there); split has 2 + the head.
   assert message.startswith('defense.transfer.freeze_depth must be below the number of layers')
   assert message.endswith('(sweep point transfer-learning_freeze_depth4_split_corrected)')
-  experiment.validate_config(mutated(config, {'sweep.lams.transfer_learning': (0, 1, 2)}), num_devices=8)
+  experiment.validate_config(mutated(config, {'sweep.knob_values.transfer_learning': (0, 1, 2)}), num_devices=8)
 
 
 SIZE_CASES = [
@@ -236,7 +236,7 @@ def _bad_values(field_type, optional: bool) -> list:
 
 
 # One variant per experiment holds every field (the all_defenses grid adds
-# sweep.lams entries); the other variants' fields are a subset of it.
+# sweep.knob_values entries); the other variants' fields are a subset of it.
 EXPERIMENTS = {
     'sparse_guard': (SG, 'small,fashion_mnist,all_defenses', SG_OPTIONAL, experiment.validate_config,
                      ('tiny', 'small', 'paper', 'small,fashion_mnist', 'paper,mnist,all_defenses')),

@@ -2,7 +2,7 @@
 point's config hash, a refused run writes nothing (config.json included), and
 one run at a time holds a workdir. The points are stand-ins (the
 ``stand_in_points`` fixture, tests/hardening/conftest.py), so each run takes a
-second; the real pipeline is tests/experiment_test.py's."""
+second; the real pipeline is tests/experiments/surrogate_test.py's."""
 
 import json
 import os
@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from mi_jax import experiment, gan_experiment
+from mi_jax.experiments import gan_attacks as gan_experiment, surrogate as experiment
 from mi_jax.utils import results as results_io
 from tests.hardening import POINTS, finished_but_not_gathered, run, tiny
 from tests.helpers import ROOT, load_config
@@ -78,7 +78,7 @@ def test_a_refused_run_leaves_config_json_as_it_was(tmp_path, stand_in_points):
 
 def test_a_workdir_started_with_another_config_is_refused_before_any_point(tmp_path, stand_in_points):
   """Killed before its first point finished: only config.json tells the configs apart."""
-  tmp_path.joinpath('config.json').write_text(json.dumps(experiment._to_json(tiny(**{'seed': 1}))))
+  tmp_path.joinpath('config.json').write_text(json.dumps(experiment.common.config_json(tiny(**{'seed': 1}))))
   with pytest.raises(FileExistsError, match='was started with a different config'):
     run(tiny(), tmp_path)
   assert stand_in_points == [] and not (tmp_path / 'points').exists()
@@ -167,7 +167,7 @@ def _gan_config(**changes):
 def _gan_rows(config, workdir):
   """Finished (defense, attack) folders as a killed GAN run leaves them."""
   for defense in config.defenses:
-    config_hash = results_io.config_hash(gan_experiment._to_json(gan_experiment._point_config(config, defense)))
+    config_hash = results_io.config_hash(gan_experiment.common.config_json(gan_experiment._point_config(config, defense)))
     for attack in config.attacks:
       folder = workdir / 'points' / defense / attack
       folder.mkdir(parents=True)

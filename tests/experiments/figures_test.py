@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from mi_jax.utils import figures
+from mi_jax.experiments import figures
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
@@ -151,6 +151,6 @@ def test_tradeoff_figure_writes_a_png_once(tmp_path):
   assert mpimg.imread(path).shape[1] > mpimg.imread(path).shape[0]  # two panels side by side
   with pytest.raises(FileExistsError):
     figures.tradeoff_figure(rows, path)
-  figures.tradeoff_figure(rows, path, overwrite=True)  # as mi_jax.experiment calls it
+  figures.tradeoff_figure(rows, path, overwrite=True)  # as mi_jax.experiments.surrogate calls it
   with pytest.raises(ValueError, match=r"tradeoff_figure needs rows with a setting in"):
     figures.tradeoff_figure([], tmp_path / 'none.png')

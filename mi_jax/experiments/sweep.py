@@ -4,9 +4,10 @@ Each defense may have one swept hyperparameter, its *knob* (``Defense.knob``):
 λ for the sparse-coding defenses, the noise scale for the noise defenses,
 the regulariser weight for NoPeek and MID, the noise multiplier for DP-SGD,
 the number of frozen layers for transfer learning. Its values come from
-``sweep.lams[<defense with '_' for '-'>]`` (the key name is historical: the
-first knob was λ); results rows store the value under ``'lam'`` and the
-knob's symbol under ``'knob'``. Defenses without a knob get ``lam=None``.
+``sweep.knob_values[<defense with '_' for '-'>]``; results rows store the
+knob's field name under ``'knob_name'``, its value under ``'knob_value'``
+and, as before, under ``'lam'`` (existing readers of results.json use it),
+and its symbol under ``'knob'``. Defenses without a knob get None.
 
 ``sweep.target_seeds = n`` trains every point's target with the seeds
 ``config.seed + k``, k < n (initialisation, batch order, attacker seeds;
@@ -43,18 +44,28 @@ def get_knob(config, defense: str):
   return None if knob is None else knob.get(config)
 
 
+def knob_fields(config, defense: str) -> dict:
+  """The row fields that say which knob value a point ran: 'knob_name',
+  'knob_value', 'knob' (its symbol) and 'lam' (the value, kept for readers of
+  results.json written before the knob had its own name)."""
+  knob = _knob(defense)
+  value = None if knob is None else knob.get(config)
+  return {'lam': value, 'knob': knob_symbol(defense), 'knob_name': None if knob is None else knob.name,
+          'knob_value': value}
+
+
 def point_name(defense: str, lam, setting: str, protocol: str, seed_offset: int = 0, seed: int = 0) -> str:
   lam_part = '' if lam is None else f"_{_knob(defense).name}{lam:g}"
   seed_part = f"_seed{seed}" if seed_offset else ''
   return f"{defense}{lam_part}_{setting}_{protocol}{seed_part}"
 
 
-def sweep_lams(config, defense: str) -> tuple:
-  """The knob values swept for ``defense`` (its key in ``sweep.lams``)."""
+def knob_values(config, defense: str) -> tuple:
+  """The knob values swept for ``defense`` (its key in ``sweep.knob_values``)."""
   key = defense.replace('-', '_')
-  if key not in config.sweep.lams:
-    raise ValueError(f"sweep.lams has no entry {key!r} for defense {defense!r}")
-  return tuple(config.sweep.lams[key])
+  if key not in config.sweep.knob_values:
+    raise ValueError(f"sweep.knob_values has no entry {key!r} for defense {defense!r}")
+  return tuple(config.sweep.knob_values[key])
 
 
 def expand(config) -> list[tuple[str, object]]:
@@ -66,7 +77,7 @@ def expand(config) -> list[tuple[str, object]]:
   for offset, protocol, setting, defense in itertools.product(
       range(config.sweep.target_seeds), config.sweep.protocols, config.sweep.settings, config.sweep.defenses):
     key = defense.replace('-', '_')
-    values = sweep_lams(config, defense) if has_knob(defense) and key in config.sweep.lams else (
+    values = knob_values(config, defense) if has_knob(defense) and key in config.sweep.knob_values else (
         (get_knob(config, defense),))
     for value in values:
       point = config.copy_and_resolve_references()

@@ -1,6 +1,6 @@
 """Sweep expansion: points per (target seed, protocol, setting, defense, knob value)."""
 
-from mi_jax.utils import sweep
+from mi_jax.experiments import sweep
 from tests.helpers import load_config
 
 

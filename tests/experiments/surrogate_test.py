@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mi_jax import data as mi_data
-from mi_jax import experiment
+from mi_jax.experiments import surrogate as experiment
 from tests.helpers import ROOT, load_config, mesh_of, synthetic_digits
 
 
@@ -121,7 +121,7 @@ def test_every_loss_and_noise_defense_runs_through_the_grid(tmp_path, synthetic_
   config = load_config('tiny')
   with config.unlocked():
     config.sweep.defenses = ('no-defense', 'gaussian-noise', 'laplace-noise', 'nopeek', 'mid', 'bido')
-    config.sweep.lams.laplace_noise = (0.5, 1.0)
+    config.sweep.knob_values.laplace_noise = (0.5, 1.0)
     config.attack.epochs = 1
   rows = experiment.run(config, str(tmp_path), mesh=mesh_of(8))
   labels = [(r['defense'], r['lam'], r['knob']) for r in rows]
@@ -269,7 +269,7 @@ def test_a_new_defense_runs_through_the_grid_without_touching_the_experiment(tmp
   config = load_config('tiny')  # mounts every registered block, the toy's included
   with config.unlocked():
     config.sweep.defenses = ('no-defense', toy_defense)
-    config.sweep.lams.toy_defense = (0.1, 0.3)
+    config.sweep.knob_values.toy_defense = (0.1, 0.3)
   rows = experiment.run(config, str(tmp_path), mesh=mesh_of(8))
   assert [(r['defense'], r['lam'], r['knob']) for r in rows] == [
       ('no-defense', None, 'λ'), (toy_defense, 0.1, 's'), (toy_defense, 0.3, 's')]
@@ -277,3 +277,20 @@ def test_a_new_defense_runs_through_the_grid_without_touching_the_experiment(tmp
   logged = [json.loads(line) for line in (point / 'metrics.jsonl').read_text().splitlines()]
   assert any('toy_logit_penalty' in entry for entry in logged if entry['phase'] == 'target')
   assert 'toy-defense (s=0.3)' in (tmp_path / 'results.md').read_text()
+
+
+def test_a_grown_grid_reuses_the_points_it_already_finished(tmp_path, synthetic_split, monkeypatch):
+  config = load_config('tiny')
+  with config.unlocked():
+    config.sweep.defenses = ('no-defense',)
+  first = experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+  os.remove(tmp_path / 'results.json')
+  with config.unlocked():
+    config.sweep.defenses = ('no-defense', 'gaussian-noise')
+  ran = []
+  run_point = experiment.run_point
+  monkeypatch.setattr(experiment, 'run_point', lambda point, *a, **k: ran.append(point.defense.name) or run_point(
+      point, *a, **k))
+  rows = experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+  assert ran == ['gaussian-noise'] and rows[0] == first[0]
+  assert rows[1]['knob_name'] == 'sigma' and rows[1]['knob_value'] == rows[1]['lam'] == 0.5

@@ -11,7 +11,7 @@
    public classes); KEDMI's GAN depends on the target (its discriminator
    learns the target's soft labels), so it is trained per defense.
 3. For each defense in ``config.defenses``: train the target with
-   :func:`mi_jax.experiment.train_target` (every defense, recipes
+   :func:`mi_jax.experiments.surrogate.train_target` (every defense, recipes
    included), measure its accuracy, run each attack in ``config.attacks``
    on every private class, and score the reconstructions with the shared
    evaluation: attack accuracy top-1/top-5 by a separately trained judge,
@@ -42,8 +42,6 @@ private classes.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 import time
@@ -54,16 +52,17 @@ import numpy as np
 
 from mi_jax import data as mi_data
 from mi_jax import defenses
-from mi_jax import experiment
+from mi_jax.experiments import common, evaluation, sweep, tables
+from mi_jax.experiments import surrogate as experiment
+from mi_jax.judge import SCALES as JUDGE_SCALES
 from mi_jax.attacks import gmi, kedmi, latent, ppa
 from mi_jax.models.sparse_coding import SCL_GRADS
 from mi_jax.train import gan
 from mi_jax.train.inference import apply_in_batches
 from mi_jax.utils import config_rules as rules
 from mi_jax.utils import results as results_io
-from mi_jax.utils import sweep
 from mi_jax.utils import workdir as workdir_lib
-from mi_jax.utils.figures import reconstruction_grid
+from mi_jax.experiments.figures import reconstruction_grid
 from mi_jax.utils.metric_writer import MetricWriter
 
 ATTACKS = ('gmi', 'kedmi', 'ppa')
@@ -72,12 +71,10 @@ GAN_LOSSES = {'gmi': ('wgan-gp', 'dcgan'), 'ppa': ('wgan-gp', 'dcgan')}
 
 
 # The main experiment's error type, so one except clause serves both.
-ConfigError = experiment.ConfigError
+ConfigError = common.ConfigError
 
 
-def _check(ok: bool, message: str) -> None:
-  if not ok:
-    raise ConfigError(message)
+_check = common.check
 
 
 def _digits(min_length: int, what: str) -> rules.Rule:
@@ -90,7 +87,7 @@ def _per_class(attack: str) -> str:
 
 
 # Every field of configs/gan_attacks_mnist.py that the main experiment's
-# config does not have (those: mi_jax.experiment.FIELDS and the defense blocks).
+# config does not have (those: mi_jax.experiments.surrogate.FIELDS and the defense blocks).
 FIELDS = {
     'experiment': rules.one_of(('gan_attacks',)),
     'attacks': rules.tuple_of(rules.one_of(ATTACKS), min_length=1, text=f'a non-empty tuple of {ATTACKS}'),
@@ -135,7 +132,7 @@ FIELDS = {
     'ppa.transform_ratio': rules.tuple_of(rules.number(above=0), length=2, text='(low, high) with 0 < low <= high'),
     'ppa.transform_rotation': rules.number(low=0, high=180),
     'ppa.transform_flip': rules.number(low=0, high=1),
-    'evaluation.judge_scale': rules.one_of(tuple(experiment.judge_lib.SCALES)),
+    'evaluation.judge_scale': rules.one_of(tuple(JUDGE_SCALES)),
     'evaluation.judge_dir': rules.optional(rules.TEXT),
     'evaluation.fid': rules.BOOLEAN,
     'evaluation.fid_batch_size': rules.integer(low=1),
@@ -156,11 +153,11 @@ def validate_config(config, *, num_devices: int, sizes=None) -> None:
 
   Every field has a rule: this experiment's own (:data:`FIELDS`), and the
   main experiment's fields and defense blocks, checked on the config and on
-  each entry of ``defenses`` (:func:`mi_jax.experiment.validate_config`).
+  each entry of ``defenses`` (:func:`mi_jax.experiments.surrogate.validate_config`).
   ``sizes``: {'private': n, 'public': n} of the loaded data; default, the
   configured limits.
   """
-  experiment.check_fields(config, {
+  common.check_fields(config, {
       **FIELDS, 'defenses': rules.tuple_of(
           rules.one_of(defenses.names()), min_length=1,
           text=f'a non-empty tuple of distinct defense names from {defenses.names()}')})
@@ -228,10 +225,6 @@ def attack_target_fn(config, defense: str, graphdef, state, image_shape):
   model = defenses.build_target(point, image_shape, 10, rngs=nnx.Rngs(0))
   attack_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
   return latent.target_logits_fn(attack_graphdef, state)
-
-
-def _to_json(config) -> dict:
-  return json.loads(config.to_json_best_effort())
 
 
 # --------------------------------------------------------------------------- data
@@ -326,66 +319,20 @@ def run_attack(name, config, *, target, gans, mesh, key, writer):
 
 
 def load_judge(config, workdir, mesh):
-  """(judge, None): the evaluation classifier of :mod:`mi_jax.judge`, trained on first use."""
-  from mi_jax.judge import load_or_train_judge
-  root = config.evaluation.get('judge_dir') or os.path.join(workdir, 'judge')
-  return load_or_train_judge(config.dataset, root=root, scale=config.evaluation.judge_scale, mesh=mesh,
-                             seed=config.seed, data_dir=config.data.dir), None
+  """(judge, None): the evaluation classifier, trained on first use."""
+  return evaluation.load_judge(config.dataset, workdir=workdir, root=config.evaluation.get('judge_dir'),
+                               scale=config.evaluation.judge_scale, seed=config.seed, data_dir=config.data.dir,
+                               mesh=mesh), None
 
 
 def evaluate(reconstructions, labels, private_images, private_labels, *, judge, judge_note, config, mesh,
              cache: dict, unoptimized=None) -> dict:
-  """Attack accuracy top-1/top-5, KNN distance, FID and KID (None with a note when unavailable).
-
-  ``unoptimized``: the generator's images before any target-guided step,
-  one per reconstruction (same ``labels``); the judge's top-1/top-5 on them
-  is the baseline. ``cache`` keeps the private set's judge and Inception
-  features across the rows of one run (they do not depend on the defense
-  or the attack). FID and KID share one Inception pass per image set.
-  """
-  private = private_images.astype(np.float32) / 255.0
-  out = {'attack_top1': None, 'attack_top5': None, 'attack_top1_unoptimized': None,
-         'attack_top5_unoptimized': None, 'knn_distance': None, 'fid': None, 'kid': None, 'kid_std': None,
-         'judge': None, 'judge_test_accuracy': None}
-  if judge is None:
-    out['evaluation_note'] = judge_note
-  else:
-    from mi_jax.metrics.attack_success import attack_accuracy, knn_distance
-    if 'judge_features' not in cache:
-      cache['judge_features'] = np.asarray(judge.features(private))
-    top1, top5 = attack_accuracy(np.asarray(judge.logits(reconstructions)), labels)
-    out.update(attack_top1=float(top1), attack_top5=float(top5),
-               knn_distance=float(knn_distance(np.asarray(judge.features(reconstructions)), labels,
-                                               cache['judge_features'], private_labels)),
-               judge=judge.name, judge_test_accuracy=float(judge.test_accuracy))
-    if unoptimized is not None:
-      base1, base5 = attack_accuracy(np.asarray(judge.logits(unoptimized)), labels)
-      out.update(attack_top1_unoptimized=float(base1), attack_top5_unoptimized=float(base5))
-  if not config.evaluation.fid:
-    out['fid_note'] = 'FID and KID disabled (evaluation.fid=False)'
-    return out
-  from mi_jax.metrics import fid as fid_lib
-  from mi_jax.metrics import kid as kid_lib
-  from mi_jax.weights import WeightsUnavailableError
-  try:
-    if 'inception_private' not in cache:
-      limit = config.evaluation.fid_private_limit
-      reference = private if limit is None or limit >= len(private) else private[
-          mi_data.stratified_subsample(private_labels, limit, seed=config.seed, salt=14,
-                                       field='evaluation.fid_private_limit')]
-      cache['inception_private'] = fid_lib.inception_features(
-          reference, batch_size=config.evaluation.fid_batch_size, mesh=mesh)
-    reference = cache['inception_private']
-    recon_features = fid_lib.inception_features(reconstructions, batch_size=config.evaluation.fid_batch_size,
-                                                mesh=mesh)
-    out['fid'] = float(fid_lib.fid_from_features(reference, recon_features))
-    out['fid_n'] = [int(len(reference)), int(len(recon_features))]
-    kid = kid_lib.kid_from_features(reference, recon_features, subsets=config.evaluation.kid_subsets,
-                                    subset_size=config.evaluation.kid_subset_size, seed=config.seed)
-    out.update(kid=kid.mean, kid_std=kid.std, kid_subset_size=kid.subset_size, kid_subsets=kid.subsets)
-  except WeightsUnavailableError as error:
-    out['fid_note'] = f"InceptionV3 weights unavailable (no FID or KID): {error}"
-  return out
+  """:func:`mi_jax.experiments.evaluation.gan_attack_scores` with ``config.evaluation``'s settings."""
+  e = config.evaluation
+  return evaluation.gan_attack_scores(
+      reconstructions, labels, private_images, private_labels, judge=judge, judge_note=judge_note, fid=e.fid,
+      fid_private_limit=e.fid_private_limit, fid_batch_size=e.fid_batch_size, kid_subsets=e.kid_subsets,
+      kid_subset_size=e.kid_subset_size, seed=config.seed, mesh=mesh, cache=cache, unoptimized=unoptimized)
 
 
 # --------------------------------------------------------------------------- run
@@ -404,21 +351,10 @@ def _attack_key(config, defense_index: int, attack: str):
 def _check_workdir(config, workdir) -> dict:
   """Refuses a workdir that holds a finished run or another config, before anything is
   written; returns {(defense, attack): (row, figure)} of the rows finished earlier."""
-  results_path = os.path.join(workdir, 'results.json')
-  if os.path.exists(results_path):
-    raise FileExistsError(f"{results_path} exists: this workdir holds a finished run; choose a new --workdir")
-  workdir_lib.check_config(os.path.join(workdir, 'config.json'), _to_json(config))
-  finished = {}
-  for defense in config.defenses:
-    config_hash = results_io.config_hash(_to_json(_point_config(config, defense)))
-    for attack in config.attacks:
-      attack_dir = os.path.join(workdir, 'points', defense, attack)
-      done = workdir_lib.finished_point(
-          os.path.join(attack_dir, 'row.json'), os.path.join(attack_dir, 'figure.npz'), config_hash=config_hash,
-          figure_keys=('reconstructions',), expect={'defense': defense, 'attack': attack})
-      if done is not None:
-        finished[defense, attack] = done
-  return finished
+  points = [common.Point((defense, attack), os.path.join(workdir, 'points', defense, attack),
+                         common.config_json(_point_config(config, defense)), expect={'defense': defense, 'attack': attack})
+            for defense in config.defenses for attack in config.attacks]
+  return common.check_workdir(config, workdir, points, figure_keys=('reconstructions',), point_configs=False)
 
 
 def run(config, workdir: str, *, mesh=None) -> list[dict]:
@@ -435,9 +371,7 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
   writes = jax.process_index() == 0
   with workdir_lib.locked(workdir, enabled=writes):
     finished = _check_workdir(config, workdir)
-    os.makedirs(workdir, exist_ok=True)
-    if writes:
-      results_io.write_json_atomic(os.path.join(workdir, 'config.json'), _to_json(config), overwrite=True)
+    common.start_run(config, workdir, writes=writes)
     return _run_points(config, workdir, mesh=mesh, split=split, public_images=public_images,
                        public_labels=public_labels, finished=finished, writes=writes)
 
@@ -471,7 +405,7 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
     target_seconds = time.perf_counter() - started
     for attack in config.attacks:
       attack_dir = os.path.join(point_dir, attack)
-      row_path, figure_path = os.path.join(attack_dir, 'row.json'), os.path.join(attack_dir, 'figure.npz')
+      row_path = os.path.join(attack_dir, 'row.json')
       if (defense, attack) in finished:
         row, figure = finished[defense, attack]
         print(f"    {attack}: already done ({row_path})", flush=True)
@@ -490,20 +424,17 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
                            judge=judge, judge_note=judge_note, config=config, mesh=mesh, cache=cache,
                            unoptimized=result.initial_images)
         row = {
-            'dataset': config.dataset, 'defense': defense, 'lam': sweep.get_knob(point, defense),
-            'knob': sweep.knob_symbol(defense), 'attack': attack, 'seed': config.seed, 'accuracy': natural,
+            'dataset': config.dataset, 'defense': defense, **sweep.knob_fields(point, defense), 'attack': attack, 'seed': config.seed, 'accuracy': natural,
             **metrics, 'target_accuracy_on_reconstructions': float(np.mean(
                 np.argmax(np.asarray(jax.jit(target)(jnp.asarray(result.images))), -1) == result.labels)),
             'n_reconstructions': int(len(result.labels)), 'iterations': int(config[attack].iterations),
             'attack_grad': config.attack_grad if defenses.get(defense).sparse_coding else None,
             'n_private': int(len(split.private_labels)), 'n_public': int(len(public_labels)),
-            'config_hash': results_io.config_hash(_to_json(point)), 'code_version': results_io.code_version(),
+            'config_hash': results_io.config_hash(common.config_json(point)), 'code_version': results_io.code_version(),
             **extras, 'seconds': round(time.perf_counter() - attack_started + target_seconds, 1),
         }
         figure = _figure(result, config.evaluation.figure_attacks, classes)
-        if writes:
-          _write_npz_atomic(figure_path, figure)
-          results_io.write_json_atomic(row_path, row, overwrite=True)
+        common.save_point(attack_dir, row, figure, writes=writes)
         writer.write(f'result_{attack}', 0, {k: v for k, v in row.items() if isinstance(v, (int, float))})
       rows.append(row)
       figures.append((row, figure))
@@ -553,7 +484,7 @@ def results_markdown(rows) -> str:
   for r in rows:
     judge = '—' if r.get('judge') is None else f"{r['judge']} ({100.0 * r['judge_test_accuracy']:.2f}%)"
     lines.append('| ' + ' | '.join([
-        results_io.defense_label(r['defense'], r['lam'], r.get('knob', 'λ')).replace('|', r'\|'),
+        tables.defense_label(r['defense'], r['lam'], r.get('knob', 'λ')).replace('|', r'\|'),
         ATTACK_TITLES[r['attack']], pct(r['accuracy']), pct(r['attack_top1']),
         pct(r.get('attack_top1_unoptimized')), pct(r['attack_top5']), pct(r.get('attack_top5_unoptimized')),
         _fmt(r['knn_distance'], 2), _fid_cell(r), _kid_cell(r), judge]) + ' |')
@@ -575,17 +506,12 @@ def results_markdown(rows) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def _write_npz_atomic(path, arrays) -> None:
-  buffer = io.BytesIO()
-  np.savez_compressed(buffer, **arrays)
-  results_io.write_bytes_atomic(path, buffer.getvalue(), overwrite=True)
-
-
 def _write_outputs(rows, figures, originals, workdir) -> None:
-  """results.md, one grid per attack, then results.json last (its presence marks the run finished)."""
-  results_io.write_text_atomic(os.path.join(workdir, 'results.md'), results_markdown(rows), overwrite=True)
+  """One grid per attack, results.md, then results.json last (its presence marks the run finished)."""
+  written = []
   for attack in dict.fromkeys(r['attack'] for r in rows):
-    by_defense = {results_io.defense_label(row['defense'], row['lam'], row.get('knob', 'λ')): figure['reconstructions']
+    by_defense = {tables.defense_label(row['defense'], row['lam'], row.get('knob', 'λ')): figure['reconstructions']
                   for row, figure in figures if row['attack'] == attack}
-    reconstruction_grid(originals, by_defense, os.path.join(workdir, f"reconstructions_{attack}.png"), overwrite=True)
-  workdir_lib.write_final(os.path.join(workdir, 'results.json'), rows)
+    written.append(reconstruction_grid(originals, by_defense, os.path.join(workdir, f"reconstructions_{attack}.png"),
+                                       overwrite=True))
+  common.finish_run(workdir, rows, markdown=results_markdown(rows), figures=written)

@@ -16,8 +16,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from mi_jax.utils.results import (SETTING_TITLES, SETTINGS, PathLike, defense_label, pareto_front,
-                                  seed_stats, write_bytes_atomic)
+from mi_jax.experiments.tables import SETTING_TITLES, defense_label, pareto_front, seed_stats
+from mi_jax.utils.results import SETTINGS, PathLike, write_bytes_atomic
 
 # As in mi_jax.metrics.image_quality: float rounding may leave [0, 1] by this much.
 RANGE_TOLERANCE = 1e-3
@@ -171,10 +171,10 @@ def tradeoff_points(rows, *, setting: str, metric: str = 'psnr') -> list[dict]:
 
   Each point: defense, lam, label, accuracy (%), accuracy_sd, value (the
   attack ``metric``), value_sd and front. Means and sds come from
-  :func:`mi_jax.utils.results.seed_stats` (sample std over several seeds, or
+  :func:`mi_jax.experiments.tables.seed_stats` (sample std over several seeds, or
   a row's ``<key>_sd``; None when neither). ``front``: no other point of the
   setting has accuracy ≥ and ``metric`` ≤ with one strict
-  (:func:`mi_jax.utils.results.pareto_front`). Order: no-defense first, then
+  (:func:`mi_jax.experiments.tables.pareto_front`). Order: no-defense first, then
   by defense name and knob value.
   """
   groups: dict[tuple[str, object], list] = {}

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from mi_jax import gan_experiment
+from mi_jax.experiments import gan_attacks as gan_experiment
 from tests.helpers import load_config, mesh_of, synthetic_digits
 
 CONFIG = 'configs/gan_attacks_mnist.py'

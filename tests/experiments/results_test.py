@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from mi_jax.experiments import tables
 from mi_jax.utils import results
 
 HASH = '0123456789ab'
@@ -231,12 +232,12 @@ def test_markdown_golden():
   # By hand: end-to-end ΔAcc = 97.50 − 98.71, ΔPSNR = 10.00 − 18.456, 8.456 / 1.21 = 6.99;
   # split 22.25 / 2.47 = 9.01 and 9 / 49.02 = 0.18; gaussian-noise has lower accuracy
   # and higher PSNR than sparse-guard in the split setting.
-  assert results.results_markdown(GOLDEN_ROWS) == GOLDEN.replace('{note}', results.TRADEOFF_NOTE)
+  assert tables.results_markdown(GOLDEN_ROWS) == GOLDEN.replace('{note}', tables.TRADEOFF_NOTE)
 
 
 def test_markdown_one_table_per_dataset_and_protocol_in_order_of_appearance():
   rows = [_row(dataset='fmnist'), _row(dataset='mnist'), _row(dataset='fmnist', protocol='sg_legacy')]
-  titles = re.findall(r'^### (.*)$', results.results_markdown(rows), flags=re.M)
+  titles = re.findall(r'^### (.*)$', tables.results_markdown(rows), flags=re.M)
   assert titles == ['fmnist — protocol `corrected`', 'mnist — protocol `corrected`',
                     'fmnist — protocol `sg_legacy`']
 
@@ -246,33 +247,33 @@ def test_tradeoff_rows_against_no_defense_with_notes_and_knobs():
           _row(defense='dp-sgd', lam=1.1, knob='z', accuracy=0.8, psnr=15.0, ssim=0.25,
                dp_epsilon=3.25, dp_delta=1e-5),
           _row(defense='mid', setting='split', accuracy=0.5, psnr=1.0, ssim=0.0)]  # no split baseline
-  [entry] = results.tradeoff_rows(results.validate_rows(rows))
+  [entry] = tables.tradeoff_rows(results.validate_rows(rows))
   assert entry['defense'] == 'dp-sgd' and entry['knob'] == 'z'
   assert entry['delta_accuracy_pp'] == pytest.approx(-10.0)
   assert entry['delta_psnr'] == pytest.approx(-5.0) and entry['delta_ssim'] == pytest.approx(-0.25)
   assert entry['psnr_removed_per_pp'] == pytest.approx(0.5)
   assert entry['pareto_front'] and entry['dominated_by'] is None
-  text = results.results_markdown(rows)
+  text = tables.results_markdown(rows)
   assert '| dp-sgd (z=1.1) | End-to-end | front | -10.00 | -5.00 | -0.250 | 0.50 | ε=3.25, δ=1e-05 |' in text
   assert 'mid | Split' not in text
-  tl = results.results_markdown([_row(), _row(defense='transfer-learning', theta_c=2570, theta_t=269322)])
+  tl = tables.results_markdown([_row(), _row(defense='transfer-learning', theta_c=2570, theta_t=269322)])
   assert r'| \|θ_C\|=2,570, \|θ_T\|=269,322 |' in tl  # pipes escaped: the table keeps its columns
 
 
 def test_markdown_labels_and_rejects():
-  assert results.defense_label('sparse-guard', 1.0) == 'sparse-guard (λ=1)'
-  assert results.defense_label('laplace-noise', 0.5, 'b') == 'laplace-noise (b=0.5)'
-  assert results.defense_label('bido', None) == 'bido'
+  assert tables.defense_label('sparse-guard', 1.0) == 'sparse-guard (λ=1)'
+  assert tables.defense_label('laplace-noise', 0.5, 'b') == 'laplace-noise (b=0.5)'
+  assert tables.defense_label('bido', None) == 'bido'
   with pytest.raises(ValueError, match=r"needs at least one row"):
-    results.results_markdown([])
+    tables.results_markdown([])
   with pytest.raises(ValueError, match=r"row 0: setting must be one of"):
-    results.results_markdown([_row(setting='both')])
+    tables.results_markdown([_row(setting='both')])
 
 
 def test_optional_metric_columns_appear_only_when_present():
-  plain = results.results_markdown([_row()])
+  plain = tables.results_markdown([_row()])
   assert 'FID' not in plain and 'KNN' not in plain
-  text = results.results_markdown([_row(fid=41.25, attack_top1=0.5), _row(defense='mid', lam=0.01)])
+  text = tables.results_markdown([_row(fid=41.25, attack_top1=0.5), _row(defense='mid', lam=0.01)])
   assert '| End-to-end FID ↑ | End-to-end AttAcc ↓ (%) |' in text
   assert '| no-defense | 98.71 | 18.46 | 0.712 | 41.2 | 50.0 |' in text
   assert '| mid (λ=0.01) | 98.71 | 18.46 | 0.712 | — | — |' in text
@@ -286,9 +287,9 @@ def _tradeoff_line(text, label):
 def test_defense_better_on_both_axes_is_free_not_a_negative_ratio():
   # +2 accuracy points and −5 dB: the old ΔPSNR/ΔAcc gave −2.5 under "larger is better".
   rows = [_row(accuracy=0.90, psnr=20.0, ssim=0.5), _row(defense='good', accuracy=0.92, psnr=15.0, ssim=0.4)]
-  line = _tradeoff_line(results.results_markdown(rows), 'good')
+  line = _tradeoff_line(tables.results_markdown(rows), 'good')
   assert line == '| good | End-to-end | front | 2.00 | -5.00 | -0.100 | no accuracy cost |  |'
-  [entry] = results.tradeoff_rows(results.validate_rows(rows))
+  [entry] = tables.tradeoff_rows(results.validate_rows(rows))
   assert entry['delta_accuracy_pp'] == pytest.approx(2.0) and entry['delta_psnr'] == pytest.approx(-5.0)
   assert entry['psnr_removed_per_pp'] is None
   assert entry['pareto_front'] and entry['dominated_by'] is None
@@ -300,9 +301,9 @@ def test_zero_and_small_accuracy_costs_get_labels_not_nan_or_inf():
           _row(defense='tiny-cost', accuracy=0.8950, psnr=10.0),   # 0.5 pp < the 1 pp floor
           _row(defense='at-floor', accuracy=0.8900, psnr=18.0),    # exactly 1 pp: rated
           _row(defense='worse', accuracy=0.8000, psnr=21.0)]       # costs 10 pp and helps the attack
-  text = results.results_markdown(rows)
+  text = tables.results_markdown(rows)
   assert 'NaN' not in text and 'inf' not in text
-  entries = {e['defense']: e for e in results.tradeoff_rows(results.validate_rows(rows))}
+  entries = {e['defense']: e for e in tables.tradeoff_rows(results.validate_rows(rows))}
   assert entries['same']['delta_accuracy_pp'] == 0.0 and entries['same']['psnr_removed_per_pp'] is None
   assert entries['tiny-cost']['psnr_removed_per_pp'] is None
   assert entries['at-floor']['psnr_removed_per_pp'] == pytest.approx(2.0)
@@ -311,8 +312,8 @@ def test_zero_and_small_accuracy_costs_get_labels_not_nan_or_inf():
   assert _tradeoff_line(text, 'tiny-cost').endswith('| cost < 1 pp |  |')
   assert _tradeoff_line(text, 'at-floor').endswith('| 2.00 |  |')
   assert _tradeoff_line(text, 'worse').endswith('| -0.10 |  |')
-  assert results.removed_per_point(-3.0, -0.999) is None
-  assert results.removed_per_point(-3.0, 0.0) is None and results.removed_per_point(3.0, 5.0) is None
+  assert tables.removed_per_point(-3.0, -0.999) is None
+  assert tables.removed_per_point(-3.0, 0.0) is None and tables.removed_per_point(3.0, 5.0) is None
 
 
 def test_pareto_front_on_hand_made_points():
@@ -326,11 +327,11 @@ def test_pareto_front_on_hand_made_points():
             (80.0, 6.0),    # 6 dominated by 4
             (99.5, nan),    # 7 NaN: not front, dominates nothing
             (99.0, 20.0)]   # 8 equal to 0: front
-  assert results.pareto_front(points) == [True, True, False, False, True, True, False, False, True]
+  assert tables.pareto_front(points) == [True, True, False, False, True, True, False, False, True]
   # Brute-force reference on the same definition.
   for i, p in enumerate(points):
     dominated = any(q[0] >= p[0] and q[1] <= p[1] and q != p for q in points if not math.isnan(q[1]))
-    assert results.pareto_front(points)[i] == (not dominated and not math.isnan(p[1]))
+    assert tables.pareto_front(points)[i] == (not dominated and not math.isnan(p[1]))
 
 
 def test_pareto_status_names_a_front_dominator_including_no_defense():
@@ -339,13 +340,13 @@ def test_pareto_status_names_a_front_dominator_including_no_defense():
           _row(defense='sg', lam=0.5, accuracy=0.93, psnr=10.0),        # front
           _row(defense='noise', lam=1.0, knob='b', accuracy=0.91, psnr=12.0),  # dominated by sg
           _row(defense='best', accuracy=0.96, psnr=19.0)]               # dominates no-defense
-  entries = {e['defense']: e for e in results.tradeoff_rows(results.validate_rows(rows))}
+  entries = {e['defense']: e for e in tables.tradeoff_rows(results.validate_rows(rows))}
   assert {d: e['pareto_front'] for d, e in entries.items()} == {
       'bad': False, 'sg': True, 'noise': False, 'best': True}
   # no-defense is off the front ('best' dominates it), so 'bad' names 'best', a front point.
   assert entries['bad']['dominated_by'] == 'best'
   assert entries['noise']['dominated_by'] == 'sg (λ=0.5)'
-  text = results.results_markdown(rows)
+  text = tables.results_markdown(rows)
   assert _tradeoff_line(text, 'noise (b=1)').startswith(
       '| noise (b=1) | End-to-end | dominated by sg (λ=0.5) | -4.00 |')
 
@@ -354,14 +355,14 @@ def test_attack_accuracy_and_knn_deltas_when_rows_have_them():
   rows = [_row(accuracy=0.95, psnr=20.0, attack_top1=0.80, knn_distance=30.0),
           _row(defense='mid', accuracy=0.93, psnr=18.0, attack_top1=0.50, knn_distance=45.0),
           _row(defense='plain', accuracy=0.94, psnr=19.0)]
-  entries = {e['defense']: e for e in results.tradeoff_rows(results.validate_rows(rows))}
+  entries = {e['defense']: e for e in tables.tradeoff_rows(results.validate_rows(rows))}
   mid = entries['mid']
   assert mid['delta_attack_top1_pp'] == pytest.approx(-30.0)
   assert mid['delta_knn_distance'] == pytest.approx(15.0)
   assert mid['attack_top1_removed_per_pp'] == pytest.approx(15.0)  # TL's ΔAttAcc / ΔAcc
   assert mid['psnr_removed_per_pp'] == pytest.approx(1.0)
   assert 'delta_attack_top1_pp' not in entries['plain']
-  text = results.results_markdown(rows)
+  text = tables.results_markdown(rows)
   assert ('| Defense | Setting | Pareto | ΔAcc (pp) | ΔPSNR (dB) | ΔSSIM | ΔAttAcc (pp) | ΔKNN '
           '| dB removed / pp lost | AttAcc pp removed / pp lost | Notes |') in text
   assert _tradeoff_line(text, 'mid') == (
@@ -374,28 +375,28 @@ def test_rows_carrying_sd_fields_render_mean_plus_minus_sd():
   rows = [_row(accuracy=0.975, accuracy_sd=0.005, psnr=10.0, psnr_sd=0.25, attack_top1=0.5,
                attack_top1_sd=0.125),
           _row(defense='mid', accuracy=0.9, psnr=9.0)]
-  text = results.results_markdown(rows)
+  text = tables.results_markdown(rows)
   assert '| no-defense | 97.50 ± 0.50 | 10.00 ± 0.25 | 0.712 | 50.0 ± 12.5 |' in text
   assert '| mid | 90.00 | 9.00 | 0.712 | — |' in text
   assert ("For one target, ± is the sd over the attacker's seeds (decoder initialisation and batch order; "
           "the row's `<metric>_sd`).") in text
   rows[0]['attack_seeds'] = 3
-  assert "± is the sd over the attacker's 3 seeds" in results.results_markdown(rows)
-  assert results.seed_stats([rows[0]], 'accuracy', scale=100.0) == (97.5, 0.5)
+  assert "± is the sd over the attacker's 3 seeds" in tables.results_markdown(rows)
+  assert tables.seed_stats([rows[0]], 'accuracy', scale=100.0) == (97.5, 0.5)
   # Several seeds: their own sample std wins over any carried sd.
   two = [_row(psnr=10.0, psnr_sd=9.0), _row(seed=1, psnr=12.0, psnr_sd=9.0)]
-  assert results.seed_stats(two, 'psnr') == (11.0, pytest.approx(math.sqrt(2.0)))
-  assert results.seed_stats([_row()], 'fid') is None
-  assert 'carries' not in results.results_markdown([_row()])
+  assert tables.seed_stats(two, 'psnr') == (11.0, pytest.approx(math.sqrt(2.0)))
+  assert tables.seed_stats([_row()], 'fid') is None
+  assert 'carries' not in tables.results_markdown([_row()])
 
 
 def test_a_defense_is_marked_distinguishable_only_past_two_combined_sd():
   base = _row(psnr=18.0, psnr_sd=0.2, ssim=0.70, ssim_sd=0.01)
   far = _row(defense='sparse-guard', lam=0.5, psnr=16.0, psnr_sd=0.3, ssim=0.69, ssim_sd=0.01)
-  table = results.results_markdown([base, far])
+  table = tables.results_markdown([base, far])
   row_line = next(line for line in table.splitlines() if line.startswith('| sparse-guard'))
   # PSNR: |16 − 18| = 2 > 2·√(0.09 + 0.04) = 0.72 → marked; SSIM: 0.01 < 2·0.0141 → not.
   assert '16.00 ± 0.30 †' in row_line and '0.690 ± 0.010 |' in row_line
   assert 'more than two combined standard deviations' in table
-  assert results.distinguishable((1.0, 0.1), (1.5, 0.1)) and not results.distinguishable((1.0, 0.2), (1.5, 0.2))
-  assert not results.distinguishable((1.0, None), (5.0, 0.1))  # no noise floor, no claim
+  assert tables.distinguishable((1.0, 0.1), (1.5, 0.1)) and not tables.distinguishable((1.0, 0.2), (1.5, 0.2))
+  assert not tables.distinguishable((1.0, None), (5.0, 0.1))  # no noise floor, no claim

@@ -12,8 +12,6 @@ per (setting, protocol); an existing ``results.json`` is never overwritten.
 
 from __future__ import annotations
 
-import io
-import json
 import math
 import os
 import time
@@ -25,32 +23,25 @@ from flax import nnx
 
 from mi_jax import data as mi_data
 from mi_jax import defenses
-from mi_jax import judge as judge_lib
+from mi_jax.judge import SCALES as JUDGE_SCALES
 from mi_jax.attacks.surrogate import legacy_surrogate_attack, query_target, surrogate_attack
-from mi_jax.metrics import attack_success, fid
-from mi_jax.metrics.image_quality import mean_psnr_ssim
-from mi_jax.metrics.legacy import SG_EVAL_SETTINGS, legacy_sg_scores
+from mi_jax.experiments import common, evaluation, sweep, tables
 from mi_jax.train.classifier import train_classifier
 from mi_jax.train.inference import apply_in_batches
 from mi_jax.train.state import make_optimizer, merge_model
 from mi_jax.utils import config_rules as rules
 from mi_jax.utils import results as results_io
-from mi_jax.utils.figures import reconstruction_grid, tradeoff_figure
+from mi_jax.experiments.figures import reconstruction_grid, tradeoff_figure
 from mi_jax.utils.metric_writer import MetricWriter
-from mi_jax.utils import sweep
 from mi_jax.utils import workdir as workdir_lib
 
 OPTIMIZERS = ('sgd', 'adam')
 ATTACKS = ('surrogate',)
 
 
-class ConfigError(ValueError):
-  """A config value that cannot run; the message (one line) names the field."""
-
-
-def _check(ok: bool, message: str) -> None:
-  if not ok:
-    raise ConfigError(message)
+ConfigError = common.ConfigError
+_check = common.check
+check_fields = common.check_fields
 
 
 # The config file's scales (configs/sparse_guard_mnist.py:<scale>).
@@ -66,8 +57,8 @@ def _choices(options, what: str) -> rules.Rule:
 # Every field of configs/sparse_guard_mnist.py except those the defenses own
 # (their blocks ``config.defense.<block>``, checked by
 # :func:`mi_jax.defenses.validate`, and the fields they read under
-# ``config.defense``, :func:`mi_jax.defenses.field_rules`) and ``sweep.lams``
-# (its keys vary; :func:`_check_sweep_lams`). A field added to the config
+# ``config.defense``, :func:`mi_jax.defenses.field_rules`) and ``sweep.knob_values``
+# (its keys vary; :func:`_check_sweep_knob_values`). A field added to the config
 # without a rule fails tests/hardening/config_validation_test.py.
 FIELDS = {
     'scale': rules.one_of(CONFIG_SCALES),
@@ -108,7 +99,7 @@ FIELDS = {
     'metrics.fid_images': _FID_IMAGES,
     'metrics.fid_batch_size': rules.integer(low=1),
     'metrics.fid_weights_path': rules.optional(rules.TEXT),
-    'metrics.judge_scale': rules.optional(rules.one_of(tuple(judge_lib.SCALES))),
+    'metrics.judge_scale': rules.optional(rules.one_of(tuple(JUDGE_SCALES))),
     'sweep.enabled': rules.BOOLEAN,
     'sweep.settings': _choices(defenses.SETTINGS, 'settings'),
     'sweep.protocols': _choices(defenses.PROTOCOLS, 'protocols'),
@@ -124,26 +115,18 @@ def field_rules() -> dict:
           **defenses.field_rules()}
 
 
-def check_fields(config, table) -> None:
-  """:func:`mi_jax.utils.config_rules.check_fields` with a :class:`ConfigError`."""
-  try:
-    rules.check_fields(config, table)
-  except ValueError as error:
-    raise ConfigError(str(error)) from None
-
-
-def _check_sweep_lams(config) -> None:
-  """``sweep.lams.<defense>``: a defense with a knob, and values its knob can take."""
-  for key in config.sweep.lams.keys():
+def _check_sweep_knob_values(config) -> None:
+  """``sweep.knob_values.<defense>``: a defense with a knob, and values its knob can take."""
+  for key in config.sweep.knob_values.keys():
     defense = key.replace('_', '-')
     with_knob = tuple(name.replace('-', '_') for name in defenses.names() if sweep.has_knob(name))
-    _check(key in with_knob, f"sweep.lams.{key} is not a defense with a knob; the keys are {with_knob}")
+    _check(key in with_knob, f"sweep.knob_values.{key} is not a defense with a knob; the keys are {with_knob}")
     # The knob's own type decides: transfer-learning freezes a whole number of layers.
     if isinstance(sweep.get_knob(config, defense), int):
       values = rules.tuple_of(rules.integer(low=0), min_length=1, text='a non-empty tuple of integers >= 0')
     else:
       values = rules.tuple_of(rules.number(low=0), min_length=1, text='a non-empty tuple of finite numbers >= 0')
-    check_fields(config, {f'sweep.lams.{key}': values})
+    check_fields(config, {f'sweep.knob_values.{key}': values})
 
 
 def _private_batches(config) -> dict:
@@ -212,7 +195,7 @@ def validate_config(config, *, num_devices: int, sizes=None) -> None:
   """One-line :class:`ConfigError` for the first bad field, before any work.
 
   Every field has a rule (:data:`FIELDS`, the defense blocks'
-  :func:`mi_jax.defenses.validate`, :func:`_check_sweep_lams`): numbers are
+  :func:`mi_jax.defenses.validate`, :func:`_check_sweep_knob_values`): numbers are
   finite and in range, integers are integers, choices are known. Then the
   relations: batches split over ``num_devices`` and fit the data (``sizes``:
   {'private': n, 'heldout': n}; default, the configured ``data.private_limit``
@@ -220,7 +203,7 @@ def validate_config(config, *, num_devices: int, sizes=None) -> None:
   message then names the point).
   """
   check_fields(config, field_rules())
-  _check_sweep_lams(config)
+  _check_sweep_knob_values(config)
   _check_defenses(config)  # every block's fields, before a sweep copies them into its points
   if sizes is None:
     sizes = {'private': config.data.private_limit, 'heldout': config.data.heldout_limit}
@@ -231,10 +214,6 @@ def validate_config(config, *, num_devices: int, sizes=None) -> None:
       _check_sizes(point, sizes)
     except ConfigError as error:
       raise ConfigError(str(error) if name is None else f"{error} (sweep point {name})") from None
-
-
-def _to_json(config) -> dict:
-  return json.loads(config.to_json_best_effort())
 
 
 def train_target(config, split, *, mesh, workdir, writer):
@@ -316,12 +295,15 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
         private_features=private_features, mesh=mesh, rng=attack_rng, workdir=workdir, writer=writer,
         seeds=seeds)
   originals = split.private_images.astype(np.float32) / 255.0
-  per_seed = [_attack_scores(config, split, originals, attack, judge, judged_private) for attack in attacks]
-  lam = sweep.get_knob(config, config.defense.name)
+  per_seed = [evaluation.surrogate_scores(
+      originals, attack, labels=split.private_labels, protocol=config.protocol,
+      normalization=config.data.normalization, seed=config.seed,
+      legacy_script=defenses.get(config.defense.name).legacy_script, judge=judge, judged_private=judged_private)
+      for attack in attacks]
   n_heldout = len(split.heldout_images)
   row = {
       'dataset': config.dataset, 'setting': config.setting, 'defense': config.defense.name,
-      'lam': lam, 'knob': sweep.knob_symbol(config.defense.name), 'protocol': config.protocol, 'seed': config.seed,
+      **sweep.knob_fields(config, config.defense.name), 'protocol': config.protocol, 'seed': config.seed,
       'accuracy': test_accuracy,
       # Binomial standard error of the held-out accuracy.
       'accuracy_se': float(np.sqrt(test_accuracy * (1.0 - test_accuracy) / n_heldout)),
@@ -329,7 +311,7 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
       'attack_seeds': len(seeds),
       'leak': leak, 'n_private': len(originals), 'n_heldout': n_heldout,
       'num_devices': int(mesh.devices.size), 'backend': jax.default_backend(),
-      'config_hash': results_io.config_hash(_to_json(config)),
+      'config_hash': results_io.config_hash(point_json(config)),
       'code_version': results_io.code_version(),
       **row_extras,
   }
@@ -342,8 +324,9 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
   if fid_images != 0:
     # On the first attacker seed only (an Inception pass per image is costly).
     n = len(originals) if fid_images is None else min(fid_images, len(originals))
-    row['fid'] = fid.fid(originals[:n], attacks[0].reconstructions[:n], batch_size=config.metrics.fid_batch_size,
-                         weights_path=config.metrics.fid_weights_path, mesh=mesh)
+    row['fid'] = evaluation.fid_of(originals[:n], attacks[0].reconstructions[:n],
+                                   batch_size=config.metrics.fid_batch_size,
+                                   weights_path=config.metrics.fid_weights_path, mesh=mesh)
     row['fid_images'] = n
   row['seconds'] = round(time.perf_counter() - started, 1)
   shown = config.attack.figure_images
@@ -351,34 +334,6 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
   writer.rewind('result', -1)  # a point killed after this line and rerun logs its result once
   writer.write('result', 0, {k: v for k, v in row.items() if isinstance(v, (int, float))})
   return row, figure
-
-
-def _attack_scores(config, split, originals, attack, judge, judged_private) -> dict:
-  """The metrics of one attack's reconstructions of the private set."""
-  quality = mean_psnr_ssim(originals, attack.reconstructions)
-  baseline = mean_psnr_ssim(originals, attack.untrained_reconstructions)
-  scores = {'psnr': quality.psnr, 'ssim': quality.ssim,
-            'psnr_untrained_decoder': baseline.psnr, 'ssim_untrained_decoder': baseline.ssim}
-  if config.protocol == 'sg_legacy':
-    # The SG code's own numbers on Normalize()d tensors (fidelity.md #2, #3),
-    # next to the correct [0, 1] ones under their own names.
-    mean, std = config.data.normalization
-    # The SG scripts score shuffled DataLoader batches, float16 and 32 per
-    # batch in its LCA scripts, float32 and 64 in its baselines.
-    order = np.random.default_rng([config.seed, 2]).permutation(len(originals))
-    legacy = legacy_sg_scores((originals[order] - mean) / std, attack.normalized_reconstructions[order],
-                              **SG_EVAL_SETTINGS[defenses.get(config.defense.name).legacy_script])
-    scores.update({'psnr': legacy.psnr, 'ssim': legacy.ssim, 'sg_row_frechet': legacy.row_frechet,
-                   'psnr_unit_range': quality.psnr, 'ssim_unit_range': quality.ssim})
-  if judge is not None:
-    # Every private image is an attacked instance of its own label.
-    top1, top5 = attack_success.attack_accuracy(judge.logits(attack.reconstructions), split.private_labels)
-    scores.update({
-        'attack_top1': top1, 'attack_top5': top5,
-        'knn_distance': attack_success.knn_distance(
-            judge.features(attack.reconstructions), split.private_labels, judged_private,
-            split.private_labels)})
-  return scores
 
 
 def _aggregate(per_seed: list[dict]) -> dict:
@@ -398,28 +353,30 @@ def _split_sizes(split) -> dict:
   return {'private': len(split.private_labels), 'heldout': len(split.heldout_labels)}
 
 
+def point_json(point) -> dict:
+  """A point's config without the ``sweep`` block: what its ``config.json`` holds
+  and its row's ``config_hash`` hashes. The sweep that produced a point does
+  not change its numbers, so a grid grown by a defense or a knob value reuses
+  the points it already finished."""
+  out = common.config_json(point)
+  out.pop('sweep', None)
+  return out
+
+
 def _check_workdir(config, points, workdir) -> dict:
   """Refuses a workdir that holds a finished run or another config, before anything is
   written; returns {point name: (row, figure)} of the points finished earlier."""
-  results_path = os.path.join(workdir, 'results.json')
-  if os.path.exists(results_path):
-    raise FileExistsError(f"{results_path} exists: this workdir holds a finished run; choose a new --workdir")
-  workdir_lib.check_config(os.path.join(workdir, 'config.json'), _to_json(config))
-  finished = {}
-  for name, point in points:
-    point_dir = os.path.join(workdir, 'points', name)
-    expected = _to_json(point)
-    workdir_lib.check_config(os.path.join(point_dir, 'config.json'), expected)
-    done = workdir_lib.finished_point(
-        os.path.join(point_dir, 'row.json'), os.path.join(point_dir, 'figure.npz'),
-        config_hash=results_io.config_hash(expected), figure_keys=('originals', 'reconstructions'))
-    if done is not None:
-      row_path = os.path.join(point_dir, 'row.json')
-      try:
-        results_io.validate_row(done[0])
-      except ValueError as error:
-        raise ValueError(f"{row_path}: {error}; delete it to recompute the point") from None
-      finished[name] = done
+  finished = common.check_workdir(
+      config, workdir, [common.Point(name, os.path.join(workdir, 'points', name), point_json(point))
+                        for name, point in points],
+      figure_keys=('originals', 'reconstructions'), point_configs=True,
+      may_differ=('sweep',))
+  for name, (row, _) in finished.items():
+    try:
+      results_io.validate_row(row)
+    except ValueError as error:
+      row_path = os.path.join(workdir, 'points', name, 'row.json')
+      raise ValueError(f"{row_path}: {error}; delete it to recompute the point") from None
   return finished
 
 
@@ -443,14 +400,11 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
   writes = jax.process_index() == 0
   with workdir_lib.locked(workdir, enabled=writes):
     finished = _check_workdir(config, points, workdir)
-    os.makedirs(workdir, exist_ok=True)
-    if writes:
-      results_io.write_json_atomic(os.path.join(workdir, 'config.json'), _to_json(config), overwrite=True)
+    common.start_run(config, workdir, writes=writes)
     judge, judged_private = None, None
     if config.metrics.judge_scale is not None:
-      judge = judge_lib.load_or_train_judge(
-          config.dataset, root=os.path.join(workdir, 'judge'), mesh=mesh, scale=config.metrics.judge_scale,
-          seed=config.seed, data_dir=config.data.dir)
+      judge = evaluation.load_judge(config.dataset, workdir=workdir, scale=config.metrics.judge_scale,
+                                    seed=config.seed, data_dir=config.data.dir, mesh=mesh)
       judged_private = judge.features(split.private_images)
     rows, figures = [], []
     for index, (name, point) in enumerate(points):
@@ -462,13 +416,10 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
       else:
         os.makedirs(point_dir, exist_ok=True)
         if writes:
-          results_io.write_json_atomic(os.path.join(point_dir, 'config.json'), _to_json(point), overwrite=True)
+          results_io.write_json_atomic(os.path.join(point_dir, 'config.json'), point_json(point), overwrite=True)
         row, figure = run_point(point, split, mesh=mesh, workdir=point_dir, judge=judge,
                                 judged_private=judged_private)
-        if writes:
-          # The figure first: a row without its figure is never reused.
-          _write_npz_atomic(os.path.join(point_dir, 'figure.npz'), figure)
-          results_io.write_json_atomic(os.path.join(point_dir, 'row.json'), row, overwrite=True)
+        common.save_point(point_dir, row, figure, writes=writes)
       rows.append(row)
       figures.append((row, figure))
       print(f"    accuracy {row['accuracy']:.4f}  PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.3f}"
@@ -478,17 +429,9 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
   return rows
 
 
-def _write_npz_atomic(path, arrays) -> None:
-  buffer = io.BytesIO()
-  np.savez_compressed(buffer, **arrays)
-  results_io.write_bytes_atomic(path, buffer.getvalue(), overwrite=True)
-
-
 def _write_outputs(rows, figures, workdir) -> None:
-  """results.md, one figure per (setting, protocol), then results.json last
+  """One figure per (setting, protocol), results.md, then results.json last
   (its presence marks the run as finished)."""
-  results_io.write_text_atomic(os.path.join(workdir, 'results.md'), results_io.results_markdown(rows),
-                               overwrite=True)
   groups = {}
   for row, figure in figures:
     groups.setdefault((row['setting'], row['protocol']), []).append((row, figure))
@@ -497,7 +440,7 @@ def _write_outputs(rows, figures, workdir) -> None:
     originals = members[0][1]['originals']
     by_defense = {}  # one column per defense: its first target seed's reconstructions
     for row, figure in members:
-      by_defense.setdefault(results_io.defense_label(row['defense'], row['lam'], row.get('knob', 'λ')),
+      by_defense.setdefault(tables.defense_label(row['defense'], row['lam'], row.get('knob', 'λ')),
                             figure['reconstructions'])
     path = os.path.join(workdir, f"reconstructions_{setting}_{protocol}.png")
     written.append(reconstruction_grid(originals, by_defense, path, overwrite=True))
@@ -506,7 +449,4 @@ def _write_outputs(rows, figures, workdir) -> None:
     if len({(row['defense'], row['lam']) for row in chosen}) > 1:
       written.append(tradeoff_figure(chosen, os.path.join(workdir, f"tradeoff_{protocol}.png"),
                                      overwrite=True))
-  workdir_lib.write_final(os.path.join(workdir, 'results.json'), rows)
-  print(f"results table: {os.path.join(workdir, 'results.md')}")
-  for path in written:
-    print(f"figure: {path}")
+  common.finish_run(workdir, rows, markdown=tables.results_markdown(rows), figures=written)
