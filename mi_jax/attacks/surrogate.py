@@ -33,7 +33,7 @@ from mi_jax import data as mi_data
 from mi_jax.models.decoder import InversionDecoder, LegacyRowDecoder, MLPDecoder
 from mi_jax.train import batch_stats, loop
 from mi_jax.train.inference import apply_in_batches
-from mi_jax.train.state import init_train_state, make_optimizer, merge_model, replicated, split_model
+from mi_jax.train.state import init_train_state, merge_model, replicated, split_model
 from mi_jax.train.step import jit_step
 
 # The corrected attacker's decoder (attack.decoder).
@@ -92,27 +92,27 @@ def _fit_attack(phase, attack_step, state, batch_at, *, steps_per_epoch, epochs,
       log_every=steps_per_epoch, writer=writer, stop_when=stop_when, log_state=log_state)
 
 
-def query_target(config, target_graphdef, target_state, images, *, leak: Optional[str], mesh, key):
+def query_target(target_graphdef, target_state, images, *, leak: Optional[str], mesh, key, batch_size: int,
+                 noise_at_query: bool):
   """One inference pass as the attacker queries: (leaked features, predicted labels).
 
-  A fresh noise key per batch, for stochastic defenses that stay on at query
-  time (``attack.noise_at_query``). ``leak=None`` returns the predictions only.
+  ``noise_at_query``: stochastic defenses stay on at query time, with a
+  fresh noise key per batch. ``leak=None`` returns the predictions only.
   The experiment measures the target's accuracy with these predictions, so
   utility and privacy are measured on the same deployed model.
   """
-  cfg = config.attack
 
   @jax.jit
   def query_batch(params, model_state, batch, batch_key):
     target = merge_model(target_graphdef, params, model_state)
-    out = target.activations(batch, train=False, key=batch_key if cfg.noise_at_query else None)
+    out = target.activations(batch, train=False, key=batch_key if noise_at_query else None)
     predictions = jnp.argmax(out['logits'], -1)
     return predictions if leak is None else (out[leak], predictions)
 
   counter = iter(range(1 << 30))
   fn = lambda batch: query_batch(target_state['params'], target_state['model_state'], batch,
                                  jax.random.fold_in(key, next(counter)))
-  return apply_in_batches(fn, (images,), batch_size=cfg.batch_size, mesh=mesh)
+  return apply_in_batches(fn, (images,), batch_size=batch_size, mesh=mesh)
 
 
 def validation_split(num_examples: int, fraction: float, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,47 +126,43 @@ def validation_split(num_examples: int, fraction: float, *, seed: int) -> tuple[
   return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def surrogate_attack(*, config, aux_features, aux_images, private_features, mesh, rng, workdir: str,
-                     writer, seeds: Sequence[int] = (None,)) -> list[AttackResult]:
+def surrogate_attack(*, seeds: Sequence[int], **kwargs) -> list[AttackResult]:
   """One :func:`surrogate_attack_once` per attacker seed on the same features
-  (phases 'attack', 'attack_seed1', …, so each resumes on its own)."""
-  return [surrogate_attack_once(config=config, aux_features=aux_features, aux_images=aux_images,
-                                private_features=private_features, mesh=mesh, rng=rng, workdir=workdir,
-                                writer=writer, seed=seed, phase=_attack_phase('attack', k))
-          for k, seed in enumerate(seeds)]
+  (phases 'attack', 'attack_seed1', …, so each resumes on its own); the other
+  keyword arguments are :func:`surrogate_attack_once`'s."""
+  return [surrogate_attack_once(**kwargs, seed=seed, phase=_attack_phase('attack', k)) for k, seed in enumerate(seeds)]
 
 
 def _attack_phase(name: str, k: int) -> str:
   return name if k == 0 else f'{name}_seed{k}'
 
 
-def surrogate_attack_once(*, config, aux_features, aux_images, private_features, mesh, rng, workdir: str,
-                          writer, seed: Optional[int] = None, phase: str = 'attack') -> AttackResult:
+def surrogate_attack_once(*, aux_features, aux_images, private_features, mesh, rng, workdir: str, writer, tx,
+                          decoder: str, decoder_hidden: int, batch_size: int, epochs: int,
+                          validation_fraction: float, patience: int, split_seed: int, seed: int,
+                          checkpoint_every_seconds: Optional[float] = None, phase: str = 'attack') -> AttackResult:
   """Trains the inversion decoder on (aux features → aux images); returns the
   reconstructions of the private images from ``private_features``.
 
-  Early stopping: a fixed slice of the auxiliary set
-  (``attack.validation_fraction``, drawn with ``config.seed``) is held out;
-  after every epoch the decoder's MSE on it is measured (batch statistics,
-  as in training), the best parameters are kept, and training stops once
-  ``attack.patience`` epochs pass without a new best (or after
-  ``attack.epochs``). The best decoder, with its BatchNorm statistics
-  recomputed over the training features, makes the reconstructions. All of
-  it lives in the train state, so a resumed attack stops where an
-  uninterrupted one would. ``seed`` (default ``config.seed``) draws the
-  decoder's initialisation and the batch order: attacks with different
-  seeds on the same features measure the attacker's own variance.
+  The decoder (``decoder``: 'mlp' or 'conv', ``decoder_hidden`` wide)
+  minimises the pixel MSE with the optimiser ``tx`` in batches of
+  ``batch_size``. Early stopping: a fixed slice of the auxiliary set
+  (``validation_fraction``, drawn with ``split_seed``) is held out; after
+  every epoch the decoder's MSE on it is measured (batch statistics, as in
+  training), the best parameters are kept, and training stops once
+  ``patience`` epochs pass without a new best (or after ``epochs``). The
+  best decoder, with its BatchNorm statistics recomputed over the training
+  features, makes the reconstructions. All of it lives in the train state,
+  so a resumed attack stops where an uninterrupted one would. ``seed``
+  draws the decoder's initialisation and the batch order: attacks with
+  different seeds on the same features measure the attacker's own variance.
   """
-  cfg = config.attack
-  seed = config.seed if seed is None else seed
   image_shape = tuple(aux_images.shape[1:])
-  train_rows, val_rows = validation_split(len(aux_images), cfg.validation_fraction, seed=config.seed)
+  train_rows, val_rows = validation_split(len(aux_images), validation_fraction, seed=split_seed)
   train_features, train_images = aux_features[train_rows], aux_images[train_rows]
   val_features, val_images = jnp.asarray(aux_features[val_rows]), jnp.asarray(_unit(aux_images[val_rows]))
-  decoder = DECODERS[cfg.decoder](aux_features.shape[-1], image_shape, hidden=cfg.decoder_hidden,
-                                  rngs=nnx.Rngs(seed + 1))
-  tx = make_optimizer(cfg)
-  graphdef, state = init_train_state(decoder, tx)
+  model = DECODERS[decoder](aux_features.shape[-1], image_shape, hidden=decoder_hidden, rngs=nnx.Rngs(seed + 1))
+  graphdef, state = init_train_state(model, tx)
   # "No validation yet" is the largest float32, not inf: the loop refuses to
   # save states holding non-finite values.
   unset = lambda: jnp.asarray(jnp.finfo(jnp.float32).max, jnp.float32)
@@ -183,9 +179,9 @@ def surrogate_attack_once(*, config, aux_features, aux_images, private_features,
     return merge_model(graphdef, state['params'], state['model_state'])(features, train=False)
 
   decode_state = lambda s: (lambda f: decode(s, f))
-  untrained = apply_in_batches(decode_state(state), (private_features,), batch_size=cfg.batch_size, mesh=mesh)
-  steps_per_epoch = mi_data.steps_per_epoch(len(train_rows), cfg.batch_size)
-  val_chunks = max(1, len(val_rows) // cfg.batch_size)
+  untrained = apply_in_batches(decode_state(state), (private_features,), batch_size=batch_size, mesh=mesh)
+  steps_per_epoch = mi_data.steps_per_epoch(len(train_rows), batch_size)
+  val_chunks = max(1, len(val_rows) // batch_size)
 
   def validation_mse(params, model_state):
     # Chunks of a training batch, BatchNorm on each chunk's statistics (as in
@@ -229,41 +225,41 @@ def surrogate_attack_once(*, config, aux_features, aux_images, private_features,
   arrays = (train_features, train_images)
 
   def batch_at(step):
-    features, images = mi_data.local_batch(arrays, cfg.batch_size, seed=seed,
+    features, images = mi_data.local_batch(arrays, batch_size, seed=seed,
                                            position=mi_data.Position(*divmod(step, steps_per_epoch)))
     return mi_data.to_global_array({'features': features, 'image': _unit(images)}, mesh)
 
-  state = _fit_attack(phase, attack_step, state, batch_at, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs,
+  state = _fit_attack(phase, attack_step, state, batch_at, steps_per_epoch=steps_per_epoch, epochs=epochs,
                       mesh=mesh, rng=rng, workdir=workdir, writer=writer,
-                      checkpoint_every_seconds=cfg.checkpoint_every_seconds,
-                      stop_when=lambda s: int(s['stale_epochs']) >= cfg.patience,
+                      checkpoint_every_seconds=checkpoint_every_seconds,
+                      stop_when=lambda s: int(s['stale_epochs']) >= patience,
                       log_state=lambda s: {'val_mse': s['val_mse'], 'best_val_mse': s['best_mse']})
   epochs_run = int(state['step']) // steps_per_epoch
   best = {'params': state['best']['params'], 'model_state': state['best']['model_state'], 'opt_state': None}
   # The decoder's BatchNorm statistics with its final weights (mi_jax.train.batch_stats).
   best = batch_stats.recompute_batch_stats(graphdef, best, (train_features,),
-                                           forward=lambda m, f: m(f, train=True), batch_size=cfg.batch_size,
+                                           forward=lambda m, f: m(f, train=True), batch_size=batch_size,
                                            mesh=mesh, seed=seed, max_examples=batch_stats.DEFAULT_EXAMPLES)
-  reconstructions = apply_in_batches(decode_state(best), (private_features,), batch_size=cfg.batch_size, mesh=mesh)
+  reconstructions = apply_in_batches(decode_state(best), (private_features,), batch_size=batch_size, mesh=mesh)
   return AttackResult(reconstructions=reconstructions, untrained_reconstructions=untrained,
                       best_epoch=int(state['best_epoch']), epochs_run=epochs_run,
                       validation_mse=float(state['best_mse']))
 
 
-def legacy_surrogate_attack(*, config, target_graphdef, target_state, leak, aux_images, private_images,
-                            mesh, rng, workdir, writer, seeds: Sequence[Optional[int]] = (None,)
+def legacy_surrogate_attack(*, target_graphdef, target_state, leak, aux_images, private_images, mesh, rng, workdir,
+                            writer, tx, normalization, decoder_hidden: int, batch_size: int, epochs: int,
+                            seeds: Sequence[int], checkpoint_every_seconds: Optional[float] = None
                             ) -> list[AttackResult]:
-  """The SG code's attack loop (fidelity.md #1), for side-by-side numbers:
+  """The SG code's attack loop (docs/fidelity.md #1), for side-by-side numbers:
   one attack per seed (the decoder's random initialisation and the batch
-  order), each starting from the trained target."""
-  cfg = config.attack
-  mean, std = config.data.normalization
+  order), each starting from the trained target. ``tx`` is the target's own
+  optimiser (as in the SG code), ``normalization`` its input (mean, std)."""
+  mean, std = normalization
   normalize = lambda images: (images.astype(jnp.float32) / 255.0 - mean) / std
   target = merge_model(target_graphdef, target_state['params'], target_state['model_state'])
   image_shape = tuple(private_images.shape[1:])
   row_shape = target.leak_row_shape(leak)
   leak_size = None if row_shape is not None else int(np.prod(target.leak(jnp.asarray(private_images[:1]), leak).shape[1:]))
-  tx = make_optimizer(config.train)  # the target's optimiser, as in the SG code
   moves = _moving_parameters(target, target_state['params'], leak)
   # With frozen dictionaries and no gradient through the LCA loops (CPU
   # scales), nothing up to the last sparse layer can move, so its codes are
@@ -277,23 +273,22 @@ def legacy_surrogate_attack(*, config, target_graphdef, target_state, leak, aux_
     if not cached:
       return (images,)
     codes = apply_in_batches(lambda im: codes_of(target_state['params'], target_state['model_state'], im),
-                             (images,), batch_size=cfg.batch_size, mesh=mesh)
+                             (images,), batch_size=batch_size, mesh=mesh)
     return (images, codes)
 
   aux_arrays, private_arrays = with_codes(aux_images), with_codes(private_images)
   keys = ('image', 'codes')[:len(aux_arrays)]
-  steps_per_epoch = mi_data.steps_per_epoch(len(aux_images), cfg.batch_size)
+  steps_per_epoch = mi_data.steps_per_epoch(len(aux_images), batch_size)
 
   def features_of(model, batch):
     return model.leak(batch['image'], leak, front_codes=batch.get('codes'))
 
   def attack(seed, phase):
-    seed = config.seed if seed is None else seed
     if row_shape is not None:
       # The SG attackers read the width-axis leak row by row, in both settings.
-      decoder = LegacyRowDecoder(row_shape, image_shape, hidden=cfg.decoder_hidden, rngs=nnx.Rngs(seed + 1))
+      decoder = LegacyRowDecoder(row_shape, image_shape, hidden=decoder_hidden, rngs=nnx.Rngs(seed + 1))
     else:
-      decoder = InversionDecoder(leak_size, image_shape, hidden=cfg.decoder_hidden, rngs=nnx.Rngs(seed + 1))
+      decoder = InversionDecoder(leak_size, image_shape, hidden=decoder_hidden, rngs=nnx.Rngs(seed + 1))
     decoder_graphdef, decoder_params, decoder_state = split_model(decoder)
 
     def attack_step(state, batch, rng):
@@ -314,7 +309,7 @@ def legacy_surrogate_attack(*, config, target_graphdef, target_state, leak, aux_
       return {**state, 'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, {'mse': loss}
 
     def batch_at(step):
-      parts = mi_data.local_batch(aux_arrays, cfg.batch_size, seed=seed,
+      parts = mi_data.local_batch(aux_arrays, batch_size, seed=seed,
                                   position=mi_data.Position(*divmod(step, steps_per_epoch)))
       return mi_data.to_global_array(dict(zip(keys, parts)), mesh)
 
@@ -326,17 +321,17 @@ def legacy_surrogate_attack(*, config, target_graphdef, target_state, leak, aux_
 
     def reconstruct_all(state):
       fn = lambda *arrays: reconstruct(state['params'], state['model_state'], *arrays)
-      return apply_in_batches(fn, private_arrays, batch_size=cfg.batch_size, mesh=mesh)
+      return apply_in_batches(fn, private_arrays, batch_size=batch_size, mesh=mesh)
 
     # Before the target drifts: the same random decoder on the trained target.
     untrained = reconstruct_all(target_state)
     state = jax.tree.map(jnp.copy, target_state)  # the step donates its input
     state = _fit_attack(phase, attack_step, state, batch_at, steps_per_epoch=steps_per_epoch,
-                        epochs=cfg.legacy_epochs, mesh=mesh, rng=rng, workdir=workdir, writer=writer,
-                        checkpoint_every_seconds=cfg.checkpoint_every_seconds)
+                        epochs=epochs, mesh=mesh, rng=rng, workdir=workdir, writer=writer,
+                        checkpoint_every_seconds=checkpoint_every_seconds)
     normalized = reconstruct_all(state)
     to_unit = lambda z: np.clip(z * std + mean, 0.0, 1.0).astype(np.float32)
     return AttackResult(reconstructions=to_unit(normalized), untrained_reconstructions=to_unit(untrained),
-                        normalized_reconstructions=normalized.astype(np.float32), epochs_run=cfg.legacy_epochs)
+                        normalized_reconstructions=normalized.astype(np.float32), epochs_run=epochs)
 
   return [attack(seed, _attack_phase('attack_sg_legacy', k)) for k, seed in enumerate(seeds)]

@@ -251,6 +251,23 @@ def accuracy(graphdef, state, images, labels, *, batch_size, mesh) -> float:
   return float(np.mean(predictions == labels))
 
 
+def attacker_settings(config) -> dict:
+  """The corrected attacker's keyword arguments (:func:`mi_jax.attacks.surrogate.surrogate_attack_once`)
+  from ``config.attack``; the validation slice is drawn with ``config.seed``."""
+  a = config.attack
+  return dict(tx=make_optimizer(a), decoder=a.decoder, decoder_hidden=a.decoder_hidden, batch_size=a.batch_size,
+              epochs=a.epochs, validation_fraction=a.validation_fraction, patience=a.patience,
+              split_seed=config.seed, checkpoint_every_seconds=a.checkpoint_every_seconds)
+
+
+def legacy_attacker_settings(config) -> dict:
+  """The SG code's attack loop's keyword arguments: the target's optimiser, ``attack.legacy_epochs``."""
+  a = config.attack
+  return dict(tx=make_optimizer(config.train), normalization=tuple(config.data.normalization),
+              decoder_hidden=a.decoder_hidden, batch_size=a.batch_size, epochs=a.legacy_epochs,
+              checkpoint_every_seconds=a.checkpoint_every_seconds)
+
+
 def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) -> tuple[dict, dict]:
   """Target → accuracy → attack → metrics; returns (results row, figure images).
 
@@ -263,8 +280,9 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
   graphdef, state, row_extras = train_target(config, split, mesh=mesh, workdir=workdir, writer=writer)
   leak = defenses.LEAK_OF_SETTING[config.setting]
   attack_rng = jax.random.key(config.seed + 7)
-  query = lambda images, salt, leak: query_target(config, graphdef, state, images, leak=leak, mesh=mesh,
-                                                  key=jax.random.fold_in(attack_rng, salt))
+  query = lambda images, salt, leak: query_target(
+      graphdef, state, images, leak=leak, mesh=mesh, key=jax.random.fold_in(attack_rng, salt),
+      batch_size=config.attack.batch_size, noise_at_query=config.attack.noise_at_query)
   # One rule in both protocols: accuracy is measured on the model exactly as
   # the attacker queries it (stochastic defenses on iff attack.noise_at_query;
   # MID then samples z), so a defense's utility cost and its protection are
@@ -281,9 +299,9 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
   if config.protocol == 'sg_legacy':
     test_accuracy = float(np.mean(query(split.heldout_images, 0, None) == split.heldout_labels))
     attacks = legacy_surrogate_attack(
-        config=config, target_graphdef=graphdef, target_state=state, leak=leak,
-        aux_images=split.heldout_images, private_images=split.private_images, mesh=mesh,
-        rng=attack_rng, workdir=workdir, writer=writer, seeds=seeds)
+        target_graphdef=graphdef, target_state=state, leak=leak, aux_images=split.heldout_images,
+        private_images=split.private_images, mesh=mesh, rng=attack_rng, workdir=workdir, writer=writer,
+        seeds=seeds, **legacy_attacker_settings(config))
   else:
     # One pass over the held-out set serves both the accuracy and the
     # attacker's queries.
@@ -291,9 +309,8 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
     test_accuracy = float(np.mean(predictions == split.heldout_labels))
     private_features, _ = query(split.private_images, 1, leak)
     attacks = surrogate_attack(
-        config=config, aux_features=aux_features, aux_images=split.heldout_images,
-        private_features=private_features, mesh=mesh, rng=attack_rng, workdir=workdir, writer=writer,
-        seeds=seeds)
+        aux_features=aux_features, aux_images=split.heldout_images, private_features=private_features,
+        mesh=mesh, rng=attack_rng, workdir=workdir, writer=writer, seeds=seeds, **attacker_settings(config))
   originals = split.private_images.astype(np.float32) / 255.0
   per_seed = [evaluation.surrogate_scores(
       originals, attack, labels=split.private_labels, protocol=config.protocol,

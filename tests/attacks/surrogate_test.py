@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mi_jax.experiments import surrogate as experiment
 from mi_jax.attacks.surrogate import legacy_surrogate_attack, query_target, surrogate_attack
 from mi_jax.defenses import build_target
 from mi_jax.train.state import init_train_state, make_optimizer
@@ -32,16 +33,18 @@ def _attack(tmp_path, protocol, epochs=8, setting='split', defense='no-defense',
   with jax.set_mesh(mesh):
     if protocol == 'sg_legacy':
       [result] = legacy_surrogate_attack(
-          config=config, target_graphdef=graphdef, target_state=state,
+          target_graphdef=graphdef, target_state=state,
           leak='first' if setting == 'split' else 'last_hidden', aux_images=aux,
           private_images=private, mesh=mesh, rng=jax.random.key(0), workdir=str(tmp_path),
-          writer=MetricWriter(str(tmp_path)))
+          writer=MetricWriter(str(tmp_path)), seeds=[config.seed], **experiment.legacy_attacker_settings(config))
     else:
-      query = lambda images: query_target(config, graphdef, state, images, leak='first', mesh=mesh,
-                                          key=jax.random.key(1))[0]
+      query = lambda images: query_target(graphdef, state, images, leak='first', mesh=mesh, key=jax.random.key(1),
+                                          batch_size=config.attack.batch_size,
+                                          noise_at_query=config.attack.noise_at_query)[0]
       [result] = surrogate_attack(
-          config=config, aux_features=query(aux), aux_images=aux, private_features=query(private),
-          mesh=mesh, rng=jax.random.key(0), workdir=str(tmp_path), writer=MetricWriter(str(tmp_path)))
+          aux_features=query(aux), aux_images=aux, private_features=query(private), mesh=mesh,
+          rng=jax.random.key(0), workdir=str(tmp_path), writer=MetricWriter(str(tmp_path)), seeds=[config.seed],
+          **experiment.attacker_settings(config))
   return result, private.astype(np.float32) / 255.0, before, state
 
 

@@ -227,7 +227,8 @@ def test_accuracy_is_measured_as_the_attacker_queries(tmp_path, synthetic_split,
   mesh = mesh_of(8)
   row, _ = experiment.run_point(config, synthetic_split, mesh=mesh, workdir=str(tmp_path))
   key = experiment.jax.random.fold_in(experiment.jax.random.key(config.seed + 7), 0)
-  queried = query_target(config, graphdef, state, synthetic_split.heldout_images, leak=None, mesh=mesh, key=key)
+  queried = query_target(graphdef, state, synthetic_split.heldout_images, leak=None, mesh=mesh, key=key,
+                         batch_size=config.attack.batch_size, noise_at_query=config.attack.noise_at_query)
   assert row['accuracy'] == pytest.approx(np.mean(queried == synthetic_split.heldout_labels))
   noise_free = experiment.accuracy(graphdef, state, synthetic_split.heldout_images, synthetic_split.heldout_labels,
                                    batch_size=config.attack.batch_size, mesh=mesh)

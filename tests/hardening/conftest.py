@@ -29,7 +29,7 @@ def stand_in_points(monkeypatch):
     row = {'dataset': config.dataset, 'setting': config.setting, 'defense': config.defense.name, 'lam': lam,
            'knob': sweep.knob_symbol(config.defense.name), 'protocol': config.protocol, 'seed': config.seed,
            'accuracy': 0.5, 'psnr': 10.0 + (lam or 0), 'ssim': 0.1, 'psnr_untrained_decoder': 5.0,
-           'ssim_untrained_decoder': 0.0, 'config_hash': results_io.config_hash(experiment.common.config_json(config)),
+           'ssim_untrained_decoder': 0.0, 'config_hash': results_io.config_hash(experiment.point_json(config)),
            'code_version': 'test'}
     figure = {'originals': np.zeros((4, 28, 28, 1), np.float32),
               'reconstructions': np.full((4, 28, 28, 1), 0.5, np.float32)}
