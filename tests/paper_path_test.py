@@ -40,10 +40,7 @@ from mi_jax.train.state import split_model
 from mi_jax.utils.metric_writer import MetricWriter, read_records
 from tests.helpers import load_config, mesh_of, synthetic_digits
 
-try:  # the experiment module (train_target, validate_config), moving to mi_jax.experiments
-  from mi_jax.experiments import surrogate as experiment
-except ImportError:
-  from mi_jax import experiment
+from mi_jax.experiments import surrogate as experiment
 
 IMAGE_SHAPE = (28, 28, 1)
 # Global batch per mesh size: one image per device on 8, two on 1 (BatchNorm
@@ -245,19 +242,11 @@ class _Traced(Exception):
   """Stops ``train_target`` once its train step has been traced."""
 
 
-_RECON_UNDER_SHARD_MAP = pytest.mark.xfail(
-    strict=True, raises=TypeError,
-    reason="mi_jax.lca.operators.synthesis (lateral='recon', which 'auto' picks off CPU for the first sparse "
-           "layer, 1 -> 16 atoms) builds its jax.linear_transpose primal as a ShapeDtypeStruct without the "
-           "codes' varying manual axis, so inside the sparse layers' shard_map (meshes of > 1 device) tracing "
-           "raises 'cotangent type does not match function output'")
-
-
 @pytest.mark.parametrize('name,devices', [
     ('sparse-guard', 1),
     ('sparse-standard', 1),
-    pytest.param('sparse-guard', 8, marks=_RECON_UNDER_SHARD_MAP),
-    pytest.param('sparse-standard', 8, marks=_RECON_UNDER_SHARD_MAP),
+    ('sparse-guard', 8),  # the 'recon' form inside the sparse layers' shard_map
+    ('sparse-standard', 8),
 ])
 def test_the_accelerator_lateral_forms_trace_through_the_paper_step(monkeypatch, tmp_path, name, devices):
   """On an accelerator 'auto' picks other LCA forms than on CPU: the sparse

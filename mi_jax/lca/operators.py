@@ -136,7 +136,13 @@ def synthesis(codes: jax.Array, dictionary: jax.Array, geom: Geometry) -> jax.Ar
   """Φ a: the exact adjoint of :func:`analysis` (a transposed convolution)."""
   n = codes.shape[0]
   canvas_shape = (n, *geom.canvas_hw, dictionary.shape[2])
-  canvas = jax.ShapeDtypeStruct(canvas_shape, codes.dtype)
+  # The primal only gives linear_transpose its type, which must carry the
+  # codes' manual axes: inside shard_map (the sparse layers on > 1 device)
+  # the codes vary over 'data', and a plain ShapeDtypeStruct does not.
+  canvas = jnp.zeros(canvas_shape, codes.dtype)
+  varying = tuple(sorted(jax.typeof(codes).manual_axis_type.varying))
+  if varying:
+    canvas = jax.lax.pcast(canvas, varying, to='varying')
   (transpose,) = jax.linear_transpose(
       lambda r: analysis(r, dictionary, geom), canvas
   )(codes)
