@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from mi_jax.lca import operators
-from mi_jax.lca.solver import _pair
+from mi_jax.lca.options import pair as _pair
 
 
 def normalize_dictionary(dictionary: jax.Array, eps: float = 1e-12) -> jax.Array:

@@ -6,12 +6,13 @@
 
 This is lcapt's ``LCAConv2D.encode`` loop: its iteration t computes
 ``a = T_λ(u)`` *before* updating ``u``, so after T iterations it returns
-``T_λ(u_{T−1})``. We run the T − 1 updates that matter and threshold once.
+``T_λ(u_{T−1})``: T − 1 updates matter, then one threshold. The solver
+objects (:class:`mi_jax.lca.objects.LCA`) count those updates.
 
 For unit-norm atoms the fixed points are exactly the lasso solutions
 (KKT: Φᵀ(Px − Φa) = λ·sign(a) on the support, |·| ≤ λ off it).
 
-Gradient modes (reverse mode through the loop):
+Gradient modes (reverse mode through the loop, :func:`mi_jax.lca.loops.iterate`):
 
 * ``'unroll'``: plain ``lax.scan``; memory O(T) states.
 * ``'checkpoint'``: a scan of ``jax.checkpoint``-ed scans of ⌈√T⌉ steps;
@@ -20,53 +21,53 @@ Gradient modes (reverse mode through the loop):
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
-from mi_jax.lca.loops import iterate
 from mi_jax.lca.thresholds import apply_threshold
 
 Lateral = Callable[[jax.Array], jax.Array]
 
 
-def lca_dynamics(
+def transfer(u: jax.Array, *, lam: jax.Array, threshold: str, nonneg: bool) -> jax.Array:
+  """a = T_λ(u): the codes of membrane potentials u."""
+  return apply_threshold(u, lam, threshold=threshold, nonneg=nonneg)
+
+
+def euler_step(
+    u: jax.Array,
     drive: jax.Array,
     lateral: Lateral,
     *,
     lam: jax.Array,
     eta: jax.Array,
-    n_steps: int,
     threshold: str,
     nonneg: bool,
-    checkpoint: bool = False,
-    record: Optional[Callable[[jax.Array], object]] = None,
-):
-  """Runs LCA from u_0 = 0 and returns ``(codes, state, records)``.
+) -> jax.Array:
+  """One LCA update: u + η (b − u − G T_λ(u)), with ``lateral`` applying G."""
+  # One expression, in this order: it fixes the order in which reverse mode
+  # sums the cotangents of u, and so the gradients' last bits.
+  return u + eta * (drive - u - lateral(transfer(u, lam=lam, threshold=threshold, nonneg=nonneg)))
 
-  ``codes = T_λ(u_{n_steps−1})``, ``state = u_{n_steps−1}``. ``records`` is
-  None unless ``record`` is given, in which case it stacks ``record(a_t)`` for
-  t = 0 … n_steps − 1 along a new leading axis (``a_0 = 0``).
+
+def fixed_point_residual(
+    codes: jax.Array,
+    drive: jax.Array,
+    lateral: Lateral,
+    *,
+    lam: jax.Array,
+    threshold: str,
+) -> jax.Array:
+  """F(a) = 1_S ⊙ (u(a) + G a − b): −τ du/dt at potentials u(a) that give ``a``.
+
+  On the support S the transfer function is invertible: u = a + λ·sign(a)
+  (soft) or u = a (hard); off it u is only known to lie under the threshold,
+  an inequality, so F keeps the support. F = 0 exactly at the LCA fixed
+  points on S. For the soft threshold and unit-norm atoms (G + I = ΦᵀΦ) it is
+  the lasso optimality residual 1_S ⊙ (ΦᵀΦ a − b + λ·sign(a)).
   """
-  transfer = lambda u: apply_threshold(u, lam, threshold=threshold, nonneg=nonneg)
-
-  def euler_step(u):
-    return u + eta * (drive - u - lateral(transfer(u)))
-
-  n_updates = n_steps - 1
-  u0 = jnp.zeros_like(drive)
-  if record is not None:
-    # Trajectories hold every step anyway, so checkpointing would save nothing.
-    def recorded_step(u, _):
-      u = euler_step(u)
-      return u, record(transfer(u))
-
-    u, later = jax.lax.scan(recorded_step, u0, length=n_updates)
-    first = jax.tree.map(lambda r: r[None], record(transfer(u0)))
-    records = jax.tree.map(lambda f, l: jnp.concatenate([f, l]), first, later)
-  else:
-    u = iterate(euler_step, u0, n_updates, checkpoint=checkpoint)
-    records = None
-  return transfer(u), u, records
-
+  support = (codes != 0).astype(codes.dtype)
+  potentials = codes + lam * jnp.sign(codes) if threshold == 'soft' else codes
+  return support * (potentials + lateral(codes) - drive)

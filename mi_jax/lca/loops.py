@@ -26,3 +26,16 @@ def iterate(step: Callable[[Carry], Carry], init: Carry, n: int, *, checkpoint: 
   run_segment = jax.checkpoint(lambda c: plain(c, segment))
   carry = jax.lax.scan(lambda c, _: (run_segment(c), None), init, length=n_segments)[0]
   return plain(carry, remainder) if remainder else carry
+
+
+def iterate_recorded(step: Callable[[Carry], Carry], init: Carry, n: int,
+                     record: Callable[[Carry], object]) -> tuple[Carry, object]:
+  """Applies ``step`` n times; also stacks ``record(carry)`` after each step.
+
+  No checkpointing: the records hold every step anyway.
+  """
+  def recorded_step(carry, _):
+    carry = step(carry)
+    return carry, record(carry)
+
+  return jax.lax.scan(recorded_step, init, length=n)

@@ -13,6 +13,10 @@ dictionary ``(D, F)``.
   (:mod:`mi_jax.lca.dynamics`): a fixed budget, the parity mode.
 * ``solver='fista'`` runs FISTA to convergence (``tol``) or for ``n_steps``
   iterations (:mod:`mi_jax.lca.fista`): the converged mode.
+
+``solve`` builds the solver objects of :mod:`mi_jax.lca.objects` from its
+options and runs them under one ``jit``; use those directly for states,
+single steps and warm starts.
 """
 
 from __future__ import annotations
@@ -25,36 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mi_jax.lca import operators
-from mi_jax.lca.dynamics import lca_dynamics
-from mi_jax.lca.fista import fista, lipschitz_constant
-from mi_jax.lca.implicit import with_implicit_grad
+from mi_jax.lca import objects, operators, options
+# Re-exported: callers name these as mi_jax.lca.solver's.
+from mi_jax.lca.options import LATERALS, PADDINGS, auto_lateral  # noqa: F401
+from mi_jax.lca.options import pair as _pair  # noqa: F401
 from mi_jax.lca.thresholds import THRESHOLDS
 
 SOLVERS = ('lca', 'fista')
 GRADS = ('auto', 'unroll', 'checkpoint', 'implicit')
-PADDINGS = ('same', 'valid')
-LATERALS = ('auto', 'recon', 'gram', 'gemm', 'fft')
-_RECON_ADVANTAGE = 4.0  # 'auto' picks 'recon' only below 1/4 of the Gram FLOPs
-# 'auto' on XLA:CPU: estimated time = factor × multiply-adds
-# (operators.lateral_flops; 'gemm' counts as 'recon'), relative to the gram
-# conv's rate. Measured (jax 0.10.2, XLA:CPU on 2 shared cores, N = 16, time
-# per step and sample from the difference of 51- and 11-step solves, 5×5
-# atoms), in ns per 1000 MACs, gram / gemm / fft:
-#   28²×1→16 (SG layer 1)   0.030 / 0.148 / 0.190   (gemm fastest: 93 µs)
-#   28²×16→28 (SG layer 2)  0.027 / 0.135 / 0.157   (fft fastest: 380 µs)
-#   28²×1→64                0.020 / 0.056 / 0.210   (gemm)
-#   32²×3→64                0.029 / 0.066 / 0.145   (gemm)
-#   28²×8→8                 0.088 / 0.308 / 0.304   (fft)
-#   14²×32→32, 3×3 atoms    0.016 / 0.060 / 0.182   (gram)
-#   28²×16→28, 'valid'      0.040 / 0.109 / 0.177   (fft)
-#   28²×16→28, stride 2     0.028 / 0.121 / 0.193   (gram ≈ fft: 106 vs 115 µs)
-#   28²×1→64, stride 2      0.016 / 0.105 / 0.126   (gemm)
-# Ratios to gram: gemm 2.3–6.6 (median ≈ 4, today's _RECON_ADVANTAGE), fft
-# 3.5–11 (median ≈ 6); 8 picks the fastest form in every row above. No
-# accelerator was available to measure FFTs on GPU/TPU, so off CPU 'auto'
-# keeps the recon-vs-gram rule and never picks 'fft'.
-_CPU_COST_FACTORS = {'gram': 1.0, 'gemm': _RECON_ADVANTAGE, 'fft': 8.0}
 
 
 class SolveInfo(NamedTuple):
@@ -171,46 +153,35 @@ def solve(
 
 @functools.partial(jax.jit, static_argnames=('static',))
 def _solve(x, dictionary, lam, tau, dt, *, static: _Static):
-  geom = static.geom
   if static.dense:
+    # A dense problem runs as its 1×1 convolution; its codes are squeezed at the end.
     x, dictionary = operators.as_conv(x, dictionary)
-  # State and accumulation stay at least float32: the η-sized updates vanish
-  # in a bfloat16 state.
-  dtype = jnp.promote_types(jnp.promote_types(x.dtype, dictionary.dtype), jnp.float32)
+  dtype = objects.working_dtype(x, dictionary)
   x, dictionary = x.astype(dtype), dictionary.astype(dtype)
   lam, tau, dt = (jnp.asarray(v, dtype) for v in (lam, tau, dt))
   if static.normalize_input:
     x = normalize_per_sample(x)
-  canvas = operators.to_canvas(x, geom)
+  operator = objects.ConvDictionary(
+      dictionary, static.geom.stride, static.geom.padding, lateral=static.lateral)
+  canvas = operator.bind(x).canvas
 
   def energy(codes):
-    residual = canvas - operators.synthesis(codes, dictionary, geom)
+    residual = canvas - operators.synthesis(codes, dictionary, static.geom)
     return 0.5 * _sum_per_sample(jnp.square(residual)) + lam * _sum_per_sample(jnp.abs(codes))
 
   record = (lambda a: (a, energy(a))) if static.want_trajectory else None
-  state = None
-  if static.solver == 'lca':
-    codes, state, records = lca_dynamics(
-        operators.analysis(canvas, dictionary, geom),
-        _lateral_operator(dictionary, static),
-        lam=lam,
-        eta=dt / tau,
-        n_steps=static.n_steps,
-        threshold=static.threshold,
-        nonneg=static.nonneg,
-        checkpoint=static.grad == 'checkpoint',
-        record=record,
-    )
-    n_run = jnp.asarray(static.n_steps, jnp.int32)
-  else:
-    codes, (n_run, records) = _fista_codes(canvas, dictionary, lam, static, record)
+  codes, state, records = _solver_object(static, lam, tau, dt)._run(x, operator, None, record)
 
   info = None
   if static.want_info:
     codes_energy = energy(codes)
     kkt = _kkt_violation(codes, canvas, dictionary, lam, static)
     trajectory, energy_trajectory = records if records is not None else (None, None)
-    info = SolveInfo(codes_energy, kkt, n_run, state, trajectory, energy_trajectory)
+    if static.solver == 'lca':
+      n_run, potentials = jnp.asarray(static.n_steps, jnp.int32), state.u
+    else:
+      n_run, potentials = state.iter_num, None
+    info = SolveInfo(codes_energy, kkt, n_run, potentials, trajectory, energy_trajectory)
   if static.dense:
     squeeze = lambda a: None if a is None else a.reshape(*a.shape[:-3], a.shape[-1])
     codes = squeeze(codes)
@@ -219,51 +190,14 @@ def _solve(x, dictionary, lam, tau, dt, *, static: _Static):
   return codes, info
 
 
-def _lateral_operator(dictionary, static: _Static):
-  if static.lateral == 'gram':
-    kernel = operators.gram_kernel(dictionary, static.geom)
-    return lambda codes: operators.lateral_with_kernel(codes, kernel)
-  if static.lateral == 'fft':
-    kernel = operators.gram_kernel(dictionary, static.geom)
-    spectrum = operators.gram_spectrum(kernel, static.geom)
-    return lambda codes: operators.lateral_fft(codes, spectrum, static.geom)
-  if static.lateral == 'gemm':
-    return lambda codes: operators.lateral_gemm(codes, dictionary, static.geom)
-  return lambda codes: operators.lateral_recon(codes, dictionary, static.geom)
-
-
-def _fista_codes(canvas, dictionary, lam, static: _Static, record):
-  """FISTA codes and ``(n_run, records)``; implicit VJP when asked."""
-  geom = static.geom
-  code_shape = (1, *geom.code_hw, dictionary.shape[-1])
-
-  def run(canvas, dictionary, lam):
-    gram = lambda a: operators.gram(a, dictionary, geom)
-    lipschitz = lipschitz_constant(gram, code_shape, canvas.dtype)
-    codes, n_run, records = fista(
-        operators.analysis(canvas, dictionary, geom),
-        gram,
-        lam=lam,
-        lipschitz=lipschitz,
-        n_steps=static.n_steps,
-        nonneg=static.nonneg,
-        tol=static.tol,
-        checkpoint=static.grad == 'checkpoint',
-        record=record,
-    )
-    return codes, (n_run, records)
-
-  if static.grad != 'implicit':
-    return run(canvas, dictionary, lam)
-  # Only the codes carry the implicit gradient; the diagnostics do not.
-  codes_only = lambda *args: run(*args)[0]
-  codes = with_implicit_grad(
-      codes_only, geom, cg_tol=static.cg_tol, cg_maxiter=static.cg_maxiter
-  )(canvas, dictionary, lam)
-  aux = None
-  if static.want_info:
-    aux = jax.lax.stop_gradient(run(canvas, dictionary, lam)[1])
-  return codes, aux if aux is not None else (jnp.asarray(static.n_steps, jnp.int32), None)
+def _solver_object(static: _Static, lam, tau, dt):
+  """The solver object of these options (λ, τ, dt traced)."""
+  if static.solver == 'lca':
+    # lcapt's n_steps iterations make n_steps − 1 updates that matter.
+    return objects.LCA(lam=lam, tau=tau, dt=dt, maxiter=static.n_steps - 1,
+                       threshold=static.threshold, nonneg=static.nonneg, grad=static.grad)
+  return objects.FISTA(lam=lam, maxiter=static.n_steps, tol=static.tol, nonneg=static.nonneg,
+                       grad=static.grad, cg_tol=static.cg_tol, cg_maxiter=static.cg_maxiter)
 
 
 def _kkt_violation(codes, canvas, dictionary, lam, static: _Static):
@@ -298,57 +232,16 @@ def _sum_per_sample(values):
 def _validate(x, dictionary, *, lam, n_steps, solver, tau, dt, stride, padding,
               threshold, nonneg, normalize_input, grad, lateral, tol,
               return_info, return_trajectory, cg_tol, cg_maxiter) -> _Static:
-  _choice('solver', solver, SOLVERS)
-  _choice('threshold', threshold, THRESHOLDS)
-  _choice('padding', padding, PADDINGS)
-  _choice('grad', grad, GRADS)
-  _choice('lateral', lateral, LATERALS)
-  x_shape, d_shape = np.shape(x), np.shape(dictionary)
-  for name, value in (('x', x), ('dictionary', dictionary)):
-    if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
-      raise ValueError(
-          f"{name} must be a floating-point array, got dtype {jnp.result_type(value)}"
-          " (scale integer images to float first)"
-      )
-  dense = len(x_shape) == 2
-  if len(x_shape) not in (2, 4):
-    raise ValueError(
-        f"x must have rank 4 (N, H, W, C: NHWC) or 2 (N, D), got shape {x_shape}"
-    )
-  if len(d_shape) != len(x_shape):
-    want = '(kh, kw, C, F) (HWIO)' if not dense else '(D, F)'
-    raise ValueError(f"dictionary must have shape {want} for x of rank {len(x_shape)}, got shape {d_shape}")
-  if x_shape[-1] != d_shape[-2]:
-    hint = '; is x NCHW? mi_jax.lca wants NHWC' if not dense else ''
-    raise ValueError(
-        f"x has {x_shape[-1]} channels in its last axis but dictionary expects "
-        f"{d_shape[-2]} (dictionary axis -2){hint}"
-    )
-  if x_shape[0] < 1 or d_shape[-1] < 1 or 0 in x_shape:
-    raise ValueError(f"x and dictionary must be non-empty, got shapes {x_shape} and {d_shape}")
-  if dense:
-    if _pair('stride', stride) != (1, 1):
-      raise ValueError(f"stride must be 1 for a dense (N, D) problem, got {stride!r}")
-    geom = operators.Geometry((1, 1), (1, 1), (1, 1), 'valid')
-  else:
-    geom = operators.Geometry(
-        image_hw=tuple(x_shape[1:3]),
-        kernel_hw=tuple(d_shape[:2]),
-        stride=_pair('stride', stride),
-        padding=padding,
-    )
-    if padding == 'same' and any(k % 2 == 0 for k in geom.kernel_hw):
-      raise ValueError(f"padding='same' needs an odd kernel, got kernel {geom.kernel_hw}; use padding='valid'")
-    if any(c < 1 for c in geom.code_hw):
-      raise ValueError(
-          f"x spatial size {geom.image_hw} is smaller than the kernel {geom.kernel_hw} "
-          f"with padding={padding!r}"
-      )
-  if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
-    raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
-  _scalar('lam', lam, minimum=0.0, strict=False)
-  _scalar('tau', tau, minimum=0.0, strict=True)
-  _scalar('dt', dt, minimum=0.0, strict=True)
+  options.choice('solver', solver, SOLVERS)
+  options.choice('threshold', threshold, THRESHOLDS)
+  options.choice('padding', padding, PADDINGS)
+  options.choice('grad', grad, GRADS)
+  options.choice('lateral', lateral, LATERALS)
+  geom, dense = options.problem_geometry(x, dictionary, stride, padding)
+  options.integer('n_steps', n_steps, minimum=1)
+  options.scalar('lam', lam, minimum=0.0, strict=False)
+  options.scalar('tau', tau, minimum=0.0, strict=True)
+  options.scalar('dt', dt, minimum=0.0, strict=True)
   if grad == 'auto':
     grad = 'implicit' if solver == 'fista' else 'unroll'
   if solver == 'lca':
@@ -367,61 +260,17 @@ def _validate(x, dictionary, *, lam, n_steps, solver, tau, dt, stride, padding,
           f"tol stops FISTA in a while_loop, which grad={grad!r} cannot differentiate; "
           "use grad='implicit' (or tol=None)"
       )
-  if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
-    raise ValueError(f"tol must be None or a float > 0, got {tol!r}")
+  options.tolerance('tol', tol)
   if return_trajectory and tol is not None:
     raise ValueError("return_trajectory needs a fixed number of steps: set tol=None")
-  if not cg_tol > 0 or int(cg_maxiter) < 1:
-    raise ValueError(f"cg_tol must be > 0 and cg_maxiter >= 1, got {cg_tol!r}, {cg_maxiter!r}")
-  if lateral == 'auto':
-    lateral = auto_lateral(geom, d_shape[-2], d_shape[-1], jax.default_backend())
-  if dense and lateral == 'fft':
-    lateral = 'gram'  # a 1×1 code grid: the FFT of size 1 is the identity
+  options.cg_settings(cg_tol, cg_maxiter)
+  d_shape = np.shape(dictionary)
   return _Static(
       geom=geom, dense=dense, n_steps=int(n_steps), solver=solver, threshold=threshold,
       nonneg=bool(nonneg), normalize_input=bool(normalize_input), grad=grad,
-      lateral=lateral, tol=None if tol is None else float(tol),
+      lateral=options.resolve_lateral(lateral, geom, d_shape[-2], d_shape[-1], dense),
+      tol=None if tol is None else float(tol),
       want_info=bool(return_info or return_trajectory),
       want_trajectory=bool(return_trajectory), cg_tol=float(cg_tol),
       cg_maxiter=int(cg_maxiter),
   )
-
-
-def auto_lateral(geom: operators.Geometry, channels: int, features: int, backend: str) -> str:
-  """The lateral form ``lateral='auto'`` runs for this shape on ``backend``."""
-  flops = operators.lateral_flops(geom, channels, features)
-  flops['gemm'] = flops['recon']
-  if backend == 'cpu':
-    # 'recon' is left out: its GEMM form does the same arithmetic faster on
-    # XLA:CPU, whose two convolutions inside a loop body are slow.
-    return min(_CPU_COST_FACTORS, key=lambda form: _CPU_COST_FACTORS[form] * flops[form])
-  # The reconstruction path does fewer FLOPs, but runs at a lower rate: it
-  # must save a lot before it wins.
-  return 'recon' if flops['gram'] > _RECON_ADVANTAGE * flops['recon'] else 'gram'
-
-
-def _choice(name, value, allowed):
-  if value not in allowed:
-    raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def _pair(name, value) -> tuple[int, int]:
-  pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-  if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in pair):
-    raise ValueError(f"{name} must be a positive int or a pair of them, got {value!r}")
-  return tuple(int(v) for v in pair)
-
-
-def _scalar(name, value, *, minimum, strict):
-  """Checks a hyperparameter's value when it is concrete (traced ones pass)."""
-  if isinstance(value, jax.core.Tracer):
-    if np.ndim(value) != 0:
-      raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}")
-    return
-  if np.ndim(value) != 0:
-    raise ValueError(f"{name} must be a scalar, got shape {np.shape(value)}")
-  v = float(np.asarray(value))
-  ok = v > minimum if strict else v >= minimum
-  if not ok or not np.isfinite(v):
-    bound = '> 0' if strict else '>= 0'
-    raise ValueError(f"{name} must be a finite number {bound}, got {v!r}")
