@@ -136,13 +136,15 @@ def synthesis(codes: jax.Array, dictionary: jax.Array, geom: Geometry) -> jax.Ar
   """Φ a: the exact adjoint of :func:`analysis` (a transposed convolution)."""
   n = codes.shape[0]
   canvas_shape = (n, *geom.canvas_hw, dictionary.shape[2])
-  # The primal only gives linear_transpose its type, which must carry the
-  # codes' manual axes: inside shard_map (the sparse layers on > 1 device)
-  # the codes vary over 'data', and a plain ShapeDtypeStruct does not.
-  canvas = jnp.zeros(canvas_shape, codes.dtype)
+  # The primal only gives linear_transpose its type. Inside shard_map (the
+  # sparse layers on > 1 device) that type must carry the codes' varying
+  # manual axes, which a ShapeDtypeStruct cannot; outside it, a
+  # ShapeDtypeStruct keeps an explicit mesh's sharding out of the way.
   varying = tuple(sorted(jax.typeof(codes).manual_axis_type.varying))
   if varying:
-    canvas = jax.lax.pcast(canvas, varying, to='varying')
+    canvas = jax.lax.pcast(jnp.zeros(canvas_shape, codes.dtype), varying, to='varying')
+  else:
+    canvas = jax.ShapeDtypeStruct(canvas_shape, codes.dtype)
   (transpose,) = jax.linear_transpose(
       lambda r: analysis(r, dictionary, geom), canvas
   )(codes)
