@@ -24,7 +24,8 @@ def make_classifier_step(graphdef, tx: optax.GradientTransformation, *, extra_lo
   ``post_step`` (a :class:`mi_jax.defenses.registry.PostStep`, or anything
   with ``collects`` and ``apply``): after the optimiser step,
   ``post_step.apply(model, sown)`` with what the forward pass sowed into the
-  ``post_step.collects`` intermediates (the sparse layers' Hebbian update).
+  ``post_step.collects`` intermediates (the sparse layers' Hebbian update;
+  :func:`mi_jax.defenses.classifier_step_for` passes the defense's own).
   """
 
   def train_step(state, batch, rng):
@@ -35,7 +36,11 @@ def make_classifier_step(graphdef, tx: optax.GradientTransformation, *, extra_lo
       model = merge_model(graphdef, params, state['model_state'])
       forward = lambda m, images: m.activations(images, train=True, key=loss_key)
       if post_step is None:
-        activations, sown = forward(model, batch['image']), {}
+        # Whatever a layer sows is dropped, so it never lands in the model
+        # state (a sparse layer's Hebbian batch: without its post-step the
+        # dictionary does not learn that way).
+        activations, _ = nnx.capture(forward, nnx.Intermediate)(model, batch['image'])
+        sown = {}
       else:
         activations, sown = nnx.capture(forward, post_step.collects)(model, batch['image'])
         sown = nnx.to_pure_dict(sown)

@@ -119,7 +119,8 @@ def test_sparse_guard_eval_mode_agrees_with_batch_statistics(tmp_path):
   model = defenses.build_target(point, images.shape[1:], 10, rngs=nnx.Rngs(0))
   graphdef, state = train_classifier(
       model=model, tx=make_optimizer(point.train), images=images, labels=labels, batch_size=16, epochs=1,
-      seed=0, mesh=mesh, workdir=str(tmp_path), writer=MetricWriter(str(tmp_path)))
+      seed=0, mesh=mesh, workdir=str(tmp_path), writer=MetricWriter(str(tmp_path)),
+      make_step=defenses.classifier_step_for(point))
   codes_var = np.asarray(state['model_state']['front']['bn1']['var'])
   assert codes_var.max() < 0.1  # the population variance of sparse codes, not ~0.66
   eval_mode = _predictions(graphdef, state, images, train=False)
@@ -150,7 +151,7 @@ def test_small_config_sparse_guard_eval_accuracy_equals_batch_statistics_accurac
   graphdef, state = train_classifier(
       model=model, tx=make_optimizer(point.train), images=split.private_images, labels=split.private_labels,
       batch_size=point.train.batch_size, epochs=point.train.epochs, seed=0, mesh=mesh, workdir=str(tmp_path),
-      writer=MetricWriter(str(tmp_path)))
+      writer=MetricWriter(str(tmp_path)), make_step=defenses.classifier_step_for(point))
   eval_mode = _predictions(graphdef, state, split.heldout_images, train=False)
   batch_mode = np.concatenate([_predictions(graphdef, state, split.heldout_images[i:i + 32], train=True)
                                for i in range(0, len(split.heldout_images), 32)])

@@ -16,6 +16,7 @@ from mi_jax.train import loop
 from mi_jax.train.checkpoint import CheckpointRestoreError, Checkpointer
 from mi_jax.data import to_global_array
 from mi_jax.train.state import init_train_state, make_optimizer, replicated
+from mi_jax.defenses.sparse_coding import HEBBIAN_POST_STEP
 from mi_jax.train.step import jit_step, make_classifier_step
 from mi_jax.utils.metric_writer import MetricWriter, StorageError
 from tests.helpers import load_config, mesh_of, synthetic_digits
@@ -46,7 +47,7 @@ def _train(workdir, *, kill_at=None, make_nan=False, batches_per_epoch=4):
 
   with jax.set_mesh(mesh):
     return loop.fit(
-        phase='target', step_fn=jit_step(make_classifier_step(graphdef, tx), state, mesh),
+        phase='target', step_fn=jit_step(make_classifier_step(graphdef, tx, post_step=HEBBIAN_POST_STEP), state, mesh),
         state=state, batch_at=batch_at, position_at=lambda s: {'epoch': s // batches_per_epoch, 'batch': s % batches_per_epoch},
         total_steps=TOTAL, rng=jax.random.key(0), checkpoint_dir=str(workdir / 'ckpt'),
         checkpoint_every=2, log_every=1, writer=MetricWriter(str(workdir)))

@@ -9,6 +9,7 @@ from flax import nnx
 from mi_jax.defenses import build_target
 from mi_jax.data import to_global_array
 from mi_jax.train.state import init_train_state, make_optimizer
+from mi_jax.defenses.sparse_coding import HEBBIAN_POST_STEP
 from mi_jax.train.step import jit_step, make_classifier_step
 from tests.helpers import load_config, mesh_of, synthetic_digits
 
@@ -28,7 +29,7 @@ def _run_steps(n_devices, n_steps=2):
   config, graphdef, state, tx = _setup()
   mesh = mesh_of(n_devices)
   state = jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  step = jit_step(make_classifier_step(graphdef, tx), state, mesh)
+  step = jit_step(make_classifier_step(graphdef, tx, post_step=HEBBIAN_POST_STEP), state, mesh)
   images, labels = synthetic_digits(16 * n_steps)
   losses = []
   with jax.set_mesh(mesh):
@@ -68,7 +69,7 @@ def test_legacy_protocol_keeps_dictionaries_frozen_and_normalises_inputs():
   assert model.front.scl2.dictionary_update == 'frozen'
   assert model.row_wise_layers == (1 if config.setting == 'split' else 4)
   mesh = mesh_of(1)
-  step = jit_step(make_classifier_step(graphdef, tx), state, mesh)
+  step = jit_step(make_classifier_step(graphdef, tx, post_step=HEBBIAN_POST_STEP), state, mesh)
   images, labels = synthetic_digits(16)
   before = np.asarray(state['model_state']['front']['scl2']['dictionary'])
   with jax.set_mesh(mesh):
@@ -87,7 +88,7 @@ def test_gradient_trained_dictionary_is_a_param_and_stays_normalised():
   graphdef, state = init_train_state(model, tx)
   assert 'dictionary' in state['params']['front']['scl1']
   mesh = mesh_of(1)
-  step = jit_step(make_classifier_step(graphdef, tx), state, mesh)
+  step = jit_step(make_classifier_step(graphdef, tx, post_step=HEBBIAN_POST_STEP), state, mesh)
   images, labels = synthetic_digits(16)
   before = np.asarray(state['params']['front']['scl1']['dictionary'])
   with jax.set_mesh(mesh):
@@ -133,7 +134,7 @@ def test_sparse_standard_dictionary_is_trained_by_backprop_by_default():
   config, graphdef, state, tx = _setup(defense='sparse-standard')
   assert 'dictionary' in state['params']['front']['scl']  # an nnx.Param, seen by the optimiser
   mesh = mesh_of(8)
-  step = jit_step(make_classifier_step(graphdef, tx), state, mesh)
+  step = jit_step(make_classifier_step(graphdef, tx, post_step=HEBBIAN_POST_STEP), state, mesh)
   images, labels = synthetic_digits(16)
   before = np.asarray(state['params']['front']['scl']['dictionary'])
   with jax.set_mesh(mesh):
