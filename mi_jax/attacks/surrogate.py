@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mi_jax import data as mi_data
 from mi_jax.models.decoder import InversionDecoder, LegacyRowDecoder, MLPDecoder
@@ -126,124 +128,188 @@ def validation_split(num_examples: int, fraction: float, *, seed: int) -> tuple[
   return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
-def surrogate_attack(*, seeds: Sequence[int], **kwargs) -> list[AttackResult]:
-  """One :func:`surrogate_attack_once` per attacker seed on the same features
-  (phases 'attack', 'attack_seed1', …, so each resumes on its own); the other
-  keyword arguments are :func:`surrogate_attack_once`'s."""
-  return [surrogate_attack_once(**kwargs, seed=seed, phase=_attack_phase('attack', k)) for k, seed in enumerate(seeds)]
+def surrogate_attack(*, seeds: Sequence[int], aux_features, aux_images, private_features, mesh, rng,
+                     workdir: str, writer, tx, decoder: str, decoder_hidden: int, batch_size: int, epochs: int,
+                     validation_fraction: float, patience: int, split_seed: int,
+                     checkpoint_every_seconds: Optional[float] = None, phase: str = 'attack') -> list[AttackResult]:
+  """Trains one inversion decoder per attacker seed on (aux features → aux
+  images); returns, per seed, the reconstructions of the private images from
+  ``private_features``.
 
-
-def _attack_phase(name: str, k: int) -> str:
-  return name if k == 0 else f'{name}_seed{k}'
-
-
-def surrogate_attack_once(*, aux_features, aux_images, private_features, mesh, rng, workdir: str, writer, tx,
-                          decoder: str, decoder_hidden: int, batch_size: int, epochs: int,
-                          validation_fraction: float, patience: int, split_seed: int, seed: int,
-                          checkpoint_every_seconds: Optional[float] = None, phase: str = 'attack') -> AttackResult:
-  """Trains the inversion decoder on (aux features → aux images); returns the
-  reconstructions of the private images from ``private_features``.
-
-  The decoder (``decoder``: 'mlp' or 'conv', ``decoder_hidden`` wide)
+  Each decoder (``decoder``: 'mlp' or 'conv', ``decoder_hidden`` wide)
   minimises the pixel MSE with the optimiser ``tx`` in batches of
-  ``batch_size``. Early stopping: a fixed slice of the auxiliary set
-  (``validation_fraction``, drawn with ``split_seed``) is held out; after
-  every epoch the decoder's MSE on it is measured (batch statistics, as in
-  training), the best parameters are kept, and training stops once
-  ``patience`` epochs pass without a new best (or after ``epochs``). The
-  best decoder, with its BatchNorm statistics recomputed over the training
-  features, makes the reconstructions. All of it lives in the train state,
-  so a resumed attack stops where an uninterrupted one would. ``seed``
-  draws the decoder's initialisation and the batch order: attacks with
-  different seeds on the same features measure the attacker's own variance.
+  ``batch_size``. ``seed`` draws a decoder's initialisation and its batch
+  order: decoders with different seeds on the same features measure the
+  attacker's own variance.
+
+  Early stopping: a fixed slice of the auxiliary set (``validation_fraction``,
+  drawn with ``split_seed``) is held out; after every epoch each decoder's
+  MSE on it is measured (batch statistics, as in training), its best
+  parameters are kept, and it stops once ``patience`` epochs pass without a
+  new best (or after ``epochs``). The best decoder, with its BatchNorm
+  statistics recomputed over the training features, makes the
+  reconstructions. All of it lives in the train state, so a resumed attack
+  stops where an uninterrupted one would.
+
+  How it runs: the decoders train together, stacked along a leading seed
+  axis that is split over the mesh's devices, each device training its
+  seeds in turn (the seed list is padded with extra seeds to a multiple of
+  the device count; their decoders train and are dropped). One loop step is one epoch of every decoder (a ``lax.scan``
+  over its batches, then its validation MSE); a decoder that has stopped
+  keeps its state while the others go on, so each seed's result is the
+  one it would get alone. A decoder this small trains faster whole on one
+  device than data-parallel (on two XLA:CPU host devices its gradient
+  all-reduce cost more than the halved matmuls: 0.30 s per epoch against
+  0.13 s on one), and one jitted epoch saves a dispatch per batch.
   """
+  seeds = [int(s) for s in seeds]
+  if not seeds:
+    raise ValueError("seeds must name at least one attacker seed, got []")
   image_shape = tuple(aux_images.shape[1:])
   train_rows, val_rows = validation_split(len(aux_images), validation_fraction, seed=split_seed)
-  train_features, train_images = aux_features[train_rows], aux_images[train_rows]
-  val_features, val_images = jnp.asarray(aux_features[val_rows]), jnp.asarray(_unit(aux_images[val_rows]))
-  model = DECODERS[decoder](aux_features.shape[-1], image_shape, hidden=decoder_hidden, rngs=nnx.Rngs(seed + 1))
-  graphdef, state = init_train_state(model, tx)
-  # "No validation yet" is the largest float32, not inf: the loop refuses to
-  # save states holding non-finite values.
-  unset = lambda: jnp.asarray(jnp.finfo(jnp.float32).max, jnp.float32)
-  # 'best' starts as a copy: the step donates its state, and a buffer donated
-  # twice (aliased leaves) crashes XLA.
-  best = jax.tree.map(jnp.copy, {'params': state['params'], 'model_state': state['model_state']})
-  state = {**state, 'best': best,
-           'best_mse': unset(), 'val_mse': unset(),
-           'best_epoch': jnp.zeros((), jnp.int32), 'stale_epochs': jnp.zeros((), jnp.int32)}
-  state = jax.device_put(state, replicated(mesh, state))
+  train_features = aux_features[train_rows]
+  steps_per_epoch = mi_data.steps_per_epoch(len(train_rows), batch_size)
+  val_chunks = max(1, len(val_rows) // batch_size)
+  n_val = val_chunks * (len(val_rows) // val_chunks)
+  devices = mesh.devices.size
+  padded = seeds + [max(seeds) + 1 + k for k in range(-len(seeds) % devices)]
+
+  graphdef, initial = None, []
+  for seed in padded:
+    model = DECODERS[decoder](aux_features.shape[-1], image_shape, hidden=decoder_hidden, rngs=nnx.Rngs(seed + 1))
+    graphdef, state = init_train_state(model, tx)
+    initial.append(state)
 
   @jax.jit
   def decode(state, features):
     return merge_model(graphdef, state['params'], state['model_state'])(features, train=False)
 
-  decode_state = lambda s: (lambda f: decode(s, f))
-  untrained = apply_in_batches(decode_state(state), (private_features,), batch_size=batch_size, mesh=mesh)
-  steps_per_epoch = mi_data.steps_per_epoch(len(train_rows), batch_size)
-  val_chunks = max(1, len(val_rows) // batch_size)
+  decode_with = lambda s: (lambda f: decode(s, f))
+  untrained = [apply_in_batches(decode_with(initial[k]), (private_features,), batch_size=batch_size, mesh=mesh)
+               for k in range(len(seeds))]
 
-  def validation_mse(params, model_state):
-    # Chunks of a training batch, BatchNorm on each chunk's statistics (as in
-    # training; the running averages are not yet the population's).
-    n = val_chunks * (len(val_rows) // val_chunks)
-    chunk = lambda a: a[:n].reshape(val_chunks, -1, *a.shape[1:])
+  # "No validation yet" is the largest float32, not inf: the loop refuses to
+  # save states holding non-finite values.
+  unset = jnp.finfo(jnp.float32).max
+  stacked = jax.tree.map(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]), *initial)
+  stacked = {**stacked, 'best': {'params': stacked['params'], 'model_state': stacked['model_state']},
+             'best_mse': np.full(len(padded), unset, np.float32), 'val_mse': np.full(len(padded), unset, np.float32),
+             'best_epoch': np.zeros(len(padded), np.int32), 'stale_epochs': np.zeros(len(padded), np.int32)}
+  by_seed = NamedSharding(mesh, P(mesh.axis_names[0]))
+  everywhere = NamedSharding(mesh, P())
+  # Separate buffers for 'best' (a copy): the epoch donates its state.
+  state = jax.tree.map(lambda leaf: _global(np.array(leaf), by_seed), stacked)
+  data = {'features': _global(np.asarray(train_features, np.float32), everywhere),
+          'images': _global(_unit(aux_images[train_rows]), everywhere),
+          'val_features': _global(np.asarray(aux_features[val_rows][:n_val], np.float32), everywhere),
+          'val_images': _global(_unit(aux_images[val_rows][:n_val]), everywhere)}
 
-    def one(pair):
-      features, images = pair
-      recon = merge_model(graphdef, params, model_state)(features, train=True)
-      return jnp.mean(jnp.square(recon - images))
+  def seed_epoch(state, order, data):
+    """One epoch of one decoder: ``order`` (steps, batch) rows of the training set."""
 
-    return jnp.mean(jax.lax.map(one, (chunk(val_features), chunk(val_images))))
+    def train_step(state, rows):
+      features, images = data['features'][rows], data['images'][rows]
 
-  def track_best(state):
-    mse = validation_mse(state['params'], state['model_state'])
-    epoch = state['step'] // steps_per_epoch  # 1-based: called after the epoch's last step
-    better = mse < state['best_mse']
+      def loss_fn(params):
+        model = merge_model(graphdef, params, state['model_state'])
+        recon = model(features, train=True)
+        _, _, model_state = split_model(model)
+        return jnp.mean(jnp.square(recon - images)), model_state
+
+      (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
+      updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+      return {**state, 'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
+              'model_state': model_state, 'opt_state': opt_state}, loss
+
+    trained, losses = jax.lax.scan(train_step, state, order)
+    # Validation in chunks of a training batch, BatchNorm on each chunk's
+    # statistics (as in training; the running averages are not yet the
+    # population's).
+    chunk = lambda a: a.reshape(val_chunks, -1, *a.shape[1:])
+    recon_mse = lambda pair: jnp.mean(jnp.square(
+        merge_model(graphdef, trained['params'], trained['model_state'])(pair[0], train=True) - pair[1]))
+    mse = jnp.mean(jax.lax.map(recon_mse, (chunk(data['val_features']), chunk(data['val_images']))))
+    better = mse < trained['best_mse']
     pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(better, a, b), new, old)
-    return {**state, 'val_mse': mse, 'best_mse': jnp.where(better, mse, state['best_mse']),
-            'best': pick({'params': state['params'], 'model_state': state['model_state']}, state['best']),
-            'best_epoch': jnp.where(better, epoch, state['best_epoch']),
-            'stale_epochs': jnp.where(better, 0, state['stale_epochs'] + 1)}
+    trained = {**trained, 'val_mse': mse, 'best_mse': jnp.where(better, mse, trained['best_mse']),
+               'best': pick({'params': trained['params'], 'model_state': trained['model_state']}, trained['best']),
+               'best_epoch': jnp.where(better, trained['step'] // steps_per_epoch, trained['best_epoch']),
+               'stale_epochs': jnp.where(better, 0, trained['stale_epochs'] + 1)}
+    # A decoder that has stopped keeps its state.
+    stopped = state['stale_epochs'] >= patience
+    kept = jax.tree.map(lambda old, new: jnp.where(stopped, old, new), state, trained)
+    return kept, jnp.mean(losses), stopped
 
-  def attack_step(state, batch, rng):
+  def epoch(state, batch, rng):
     del rng
+    order, data = batch['order'], {k: v for k, v in batch.items() if k != 'order'}
+    # Each device runs its own seeds one after the other (lax.map): vmapping
+    # the seeds would turn the conv decoder's convolutions into grouped ones,
+    # 5x slower on XLA:CPU.
+    per_device = lambda state, order, data: jax.lax.map(lambda pair: seed_epoch(*pair, data), (state, order))
+    seed_axis = P(mesh.axis_names[0])
+    state, losses, stopped = jax.shard_map(per_device, mesh=mesh, in_specs=(seed_axis, seed_axis, P()),
+                                           out_specs=seed_axis)(state, order, data)
+    # The logged training MSE: the mean over the real seeds still training.
+    live = jnp.logical_not(stopped[:len(seeds)])
+    mse = jnp.sum(jnp.where(live, losses[:len(seeds)], 0.0)) / jnp.maximum(jnp.sum(live), 1)
+    return state, {'mse': mse}
 
-    def loss_fn(params):
-      model = merge_model(graphdef, params, state['model_state'])
-      recon = model(batch['features'], train=True)
-      _, _, model_state = split_model(model)
-      return jnp.mean(jnp.square(recon - batch['image'])), model_state
+  state_shardings = jax.tree.map(lambda _: by_seed, state)
+  batch_shardings = {'order': by_seed, **{name: everywhere for name in data}}
+  jitted = jax.jit(epoch, in_shardings=(state_shardings, batch_shardings, None),
+                   out_shardings=(state_shardings, None), donate_argnums=0)
 
-    (loss, model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
-    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    state = {**state, 'step': state['step'] + 1, 'params': optax.apply_updates(state['params'], updates),
-             'model_state': model_state, 'opt_state': opt_state}
-    state = jax.lax.cond(state['step'] % steps_per_epoch == 0, track_best, lambda s: s, state)
-    return state, {'mse': loss}
+  def order_at(epoch_index):
+    rows = [mi_data.global_batch_indices(len(train_rows), batch_size, seed=seed,
+                                         position=mi_data.Position(epoch_index, step))
+            for seed in padded for step in range(steps_per_epoch)]
+    order = np.stack(rows).reshape(len(padded), steps_per_epoch, batch_size).astype(np.int32)
+    return {'order': _global(order, by_seed), **data}
 
-  arrays = (train_features, train_images)
+  def real(state, name):
+    return _host(state[name])[:len(seeds)]
 
-  def batch_at(step):
-    features, images = mi_data.local_batch(arrays, batch_size, seed=seed,
-                                           position=mi_data.Position(*divmod(step, steps_per_epoch)))
-    return mi_data.to_global_array({'features': features, 'image': _unit(images)}, mesh)
+  state = loop.fit(
+      phase=phase, step_fn=jitted, state=state, batch_at=order_at,
+      position_at=lambda e: mi_data.Position(e, 0)._asdict(), total_steps=epochs, rng=rng,
+      checkpoint_dir=os.path.join(workdir, 'checkpoints', phase), checkpoint_every=None,
+      checkpoint_every_seconds=checkpoint_every_seconds, log_every=1, writer=writer,
+      stop_when=lambda s: bool(np.all(real(s, 'stale_epochs') >= patience)),
+      log_state=lambda s: {'val_mse': float(np.mean(real(s, 'val_mse'))),
+                           'best_val_mse': float(np.mean(real(s, 'best_mse')))})
+  host = jax.tree.map(_host, {'best': state['best'], 'step': state['step'], 'best_epoch': state['best_epoch'],
+                              'best_mse': state['best_mse']})
+  results = []
+  for k, seed in enumerate(seeds):
+    best = jax.tree.map(lambda leaf: leaf[k], host['best'])
+    best = jax.device_put({**best, 'opt_state': None}, replicated(mesh, {**best, 'opt_state': None}))
+    # The decoder's BatchNorm statistics with its final weights (mi_jax.train.batch_stats).
+    best = batch_stats.recompute_batch_stats(graphdef, best, (train_features,),
+                                             forward=lambda m, f: m(f, train=True), batch_size=batch_size,
+                                             mesh=mesh, seed=seed, max_examples=batch_stats.DEFAULT_EXAMPLES)
+    reconstructions = apply_in_batches(decode_with(best), (private_features,), batch_size=batch_size, mesh=mesh)
+    results.append(AttackResult(reconstructions=reconstructions, untrained_reconstructions=untrained[k],
+                                best_epoch=int(host['best_epoch'][k]),
+                                epochs_run=int(host['step'][k]) // steps_per_epoch,
+                                validation_mse=float(host['best_mse'][k])))
+  return results
 
-  state = _fit_attack(phase, attack_step, state, batch_at, steps_per_epoch=steps_per_epoch, epochs=epochs,
-                      mesh=mesh, rng=rng, workdir=workdir, writer=writer,
-                      checkpoint_every_seconds=checkpoint_every_seconds,
-                      stop_when=lambda s: int(s['stale_epochs']) >= patience,
-                      log_state=lambda s: {'val_mse': s['val_mse'], 'best_val_mse': s['best_mse']})
-  epochs_run = int(state['step']) // steps_per_epoch
-  best = {'params': state['best']['params'], 'model_state': state['best']['model_state'], 'opt_state': None}
-  # The decoder's BatchNorm statistics with its final weights (mi_jax.train.batch_stats).
-  best = batch_stats.recompute_batch_stats(graphdef, best, (train_features,),
-                                           forward=lambda m, f: m(f, train=True), batch_size=batch_size,
-                                           mesh=mesh, seed=seed, max_examples=batch_stats.DEFAULT_EXAMPLES)
-  reconstructions = apply_in_batches(decode_state(best), (private_features,), batch_size=batch_size, mesh=mesh)
-  return AttackResult(reconstructions=reconstructions, untrained_reconstructions=untrained,
-                      best_epoch=int(state['best_epoch']), epochs_run=epochs_run,
-                      validation_mse=float(state['best_mse']))
+
+def _global(array: np.ndarray, sharding) -> jax.Array:
+  """A global array from the same host array on every process (each takes its shards)."""
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def _host(array) -> np.ndarray:
+  """The whole of a (possibly sharded across processes) array on the host."""
+  if jax.process_count() > 1:
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
+  return np.asarray(array)
+
+
+def _attack_phase(name: str, k: int) -> str:
+  return name if k == 0 else f'{name}_seed{k}'
 
 
 def legacy_surrogate_attack(*, target_graphdef, target_state, leak, aux_images, private_images, mesh, rng, workdir,

@@ -4,6 +4,7 @@ target instead and leaves the decoder at its initialisation."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -132,3 +133,38 @@ def test_validation_split_is_fixed_disjoint_and_refuses_an_empty_training_set():
   np.testing.assert_array_equal(validation_split(100, 0.1, seed=0)[1], val)
   with pytest.raises(ValueError, match='validation_fraction leaves no training images'):
     validation_split(1, 0.5, seed=0)
+
+
+def test_seeds_trained_together_equal_each_seed_trained_alone(tmp_path):
+  """The decoders of several seeds train stacked (split over the devices,
+  padded to a multiple of their count) and each stops on its own: every
+  seed's result is the one it gets alone."""
+  config = load_config('tiny')
+  # Chosen so that the three seeds stop at different epochs (38, 4 and 3).
+  settings = {**experiment.attacker_settings(config), 'epochs': 60, 'patience': 2, 'decoder_hidden': 64,
+              'tx': optax.adam(1e-2)}
+  aux, _ = synthetic_digits(160, seed=1)
+  private, _ = synthetic_digits(24, seed=2)
+  project = np.random.default_rng(0).normal(size=(784, 24)).astype(np.float32) / 28
+  features = lambda images: np.tanh(images.reshape(len(images), -1) / 255.0 @ project).astype(np.float32)
+  mesh = mesh_of(2)
+  run = lambda seeds, folder: surrogate_attack(
+      aux_features=features(aux), aux_images=aux, private_features=features(private), mesh=mesh,
+      rng=jax.random.key(0), workdir=str(tmp_path / folder), writer=MetricWriter(str(tmp_path / folder)),
+      seeds=seeds, **settings)
+  together = run([0, 1000, 2000], 'together')  # 3 seeds on 2 devices: one padding seed
+  alone = [run([seed], f'alone{seed}')[0] for seed in (0, 1000, 2000)]
+  assert len({result.epochs_run for result in together}) > 1  # they stopped at different epochs
+  for joint, single in zip(together, alone):
+    assert (joint.best_epoch, joint.epochs_run) == (single.best_epoch, single.epochs_run)
+    assert joint.epochs_run == joint.best_epoch + 2
+    np.testing.assert_allclose(joint.validation_mse, single.validation_mse, rtol=1e-4)
+    np.testing.assert_allclose(joint.reconstructions, single.reconstructions, atol=2e-3)
+    np.testing.assert_array_equal(joint.untrained_reconstructions, single.untrained_reconstructions)
+
+
+def test_attack_refuses_an_empty_seed_list(tmp_path):
+  with pytest.raises(ValueError, match='seeds must name at least one attacker seed'):
+    surrogate_attack(seeds=[], aux_features=None, aux_images=None, private_features=None, mesh=mesh_of(1),
+                     rng=None, workdir=str(tmp_path), writer=None, tx=None, decoder='mlp', decoder_hidden=8,
+                     batch_size=4, epochs=1, validation_fraction=0.1, patience=1, split_seed=0)
