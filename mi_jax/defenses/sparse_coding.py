@@ -36,7 +36,7 @@ from flax import nnx
 from ml_collections import config_dict
 
 from mi_jax.defenses.registry import Defense, Knob, PostStep, register
-from mi_jax.lca.solver import LATERALS
+from mi_jax.lca.solver import LATERALS, SOLVERS
 from mi_jax.models.sparse_coding import (DICTIONARY_UPDATES, SCL_GRADS, HebbianBatch, SparseCodingLayer,
                                          apply_dictionary_updates)
 from mi_jax.utils import config_rules as rules
@@ -64,6 +64,8 @@ FIELDS = {
     'defense.hebbian_eta': rules.number(low=0),
     'defense.grad': rules.one_of(SCL_GRADS),
     'defense.lateral': rules.one_of(LATERALS),
+    'defense.solver': rules.one_of(SOLVERS),
+    'defense.tol': rules.optional(rules.number(above=0)),
 }
 
 
@@ -85,6 +87,8 @@ def _layer(cfg, index: int, in_features: int, *, legacy: bool, dictionary_update
       lateral=cfg.lateral,
       dictionary_update='frozen' if legacy else dictionary_update,
       hebbian_eta=cfg.hebbian_eta,
+      solver=cfg.solver,
+      tol=cfg.tol,
       rngs=rngs,
   )
 
@@ -109,6 +113,7 @@ def standard_config_block() -> config_dict.ConfigDict:
 
 def validate_standard(config) -> None:
   """One-line ``ValueError`` for a bad ``defense.sparse_standard`` field."""
+  _check_solver(config)
   cfg = config.defense.sparse_standard
   rules.check_fields(cfg, {'dictionary_update': rules.one_of(DICTIONARY_UPDATES), 'grad': rules.one_of(SCL_GRADS)},
                      'defense.sparse_standard')
@@ -195,8 +200,15 @@ class SparseGuardFront(_Front):
     return self.bn2(codes, use_running_average=not train)
 
 
+def _check_solver(config) -> None:
+  if config.defense.tol is not None and config.defense.solver != 'fista':
+    raise ValueError(f"defense.tol applies to defense.solver='fista' only (the LCA runs defense.n_steps), "
+                     f"got defense.tol={config.defense.tol!r} with defense.solver={config.defense.solver!r}")
+
+
 def validate_guard(config) -> None:
   """Sparse-Guard's relation between fields (each field has its rule in :data:`FIELDS`)."""
+  _check_solver(config)
   if config.defense.grad == 'stop' and 'gradient' in config.defense.dictionary_update:
     raise ValueError("defense.dictionary_update 'gradient' needs defense.grad in ('unroll', 'checkpoint'), got 'stop'")
 

@@ -19,6 +19,8 @@ them. Gradients still flow through the codes to the layer's input.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -26,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 
 from mi_jax import lca
 from mi_jax.data.batching import DATA_AXIS
+from mi_jax.lca.solver import SOLVERS
 
 DICTIONARY_UPDATES = ('frozen', 'hebbian', 'gradient')
 # 'unroll' / 'checkpoint': backprop through the LCA loop (as the SG code's
@@ -90,8 +93,19 @@ class SparseCodingLayer(nnx.Module):
       lateral: str = 'auto',
       dictionary_update: str = 'frozen',
       hebbian_eta: float = 0.01,
+      solver: str = 'lca',
+      tol: Optional[float] = None,
       rngs: nnx.Rngs,
   ):
+    """``solver='fista'`` solves the same lasso by FISTA for at most
+    ``n_steps`` iterations, stopping once the largest per-sample relative
+    code change is below ``tol`` (None: all ``n_steps``); with a ``tol`` its
+    gradient is the implicit one (``grad`` 'unroll'/'checkpoint' become
+    'implicit': a converged solve is differentiated at its fixed point)."""
+    if solver not in SOLVERS:
+      raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if tol is not None and solver != 'fista':
+      raise ValueError(f"tol applies to solver='fista' only, got tol={tol!r} with solver={solver!r}")
     if grad not in SCL_GRADS:
       raise ValueError(f"grad must be one of {SCL_GRADS}, got {grad!r}")
     if dictionary_update not in DICTIONARY_UPDATES:
@@ -111,6 +125,7 @@ class SparseCodingLayer(nnx.Module):
     self.threshold, self.nonneg = threshold, nonneg
     self.normalize_input, self.grad, self.lateral = normalize_input, grad, lateral
     self.dictionary_update, self.hebbian_eta = dictionary_update, hebbian_eta
+    self.solver, self.tol = solver, tol
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     if self.normalize_input:
@@ -128,7 +143,9 @@ class SparseCodingLayer(nnx.Module):
         stride=self.stride,
         threshold=self.threshold,
         nonneg=self.nonneg,
-        grad='unroll' if self.grad == 'stop' else self.grad,
+        solver=self.solver,
+        tol=self.tol,
+        grad=self._solver_grad(),
         lateral=self._lateral(),
     )
     codes = _per_device(solve, x.shape[0])(x, dictionary)
@@ -137,6 +154,14 @@ class SparseCodingLayer(nnx.Module):
       self.sow(HebbianBatch, 'hebbian_batch', batch, reduce_fn=lambda _, new: new,
                init_fn=lambda: None)
     return codes
+
+  def _solver_grad(self) -> str:
+    """The solve's grad mode: behind a stop_gradient any differentiable mode
+    does (none runs); a FISTA solve that stops on ``tol`` is differentiable
+    only implicitly."""
+    if self.solver == 'fista' and self.tol is not None:
+      return 'implicit'
+    return 'unroll' if self.grad == 'stop' else self.grad
 
   def _lateral(self) -> str:
     """'auto' chooses by forward cost (mi_jax.lca.solver.auto_lateral); a layer

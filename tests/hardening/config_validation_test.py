@@ -57,6 +57,9 @@ SG_CASES = [
     ({'defense.n_steps': 0}, 'defense.n_steps'),
     ({'defense.features': (4, 0)}, 'defense.features'),
     ({'defense.lateral': 'fast'}, 'defense.lateral'),
+    ({'defense.solver': 'ista'}, 'defense.solver'),
+    ({'defense.tol': -1.0}, 'defense.tol'),
+    ({'defense.tol': 1e-4}, 'defense.tol'),  # with the default solver, 'lca'
     ({'defense.hebbian_eta': NAN}, 'defense.hebbian_eta'),
     ({'defense.transfer.freeze_depth': 99}, 'defense.transfer.freeze_depth'),
     # Split: 2 hidden layers + the head; freezing all 3 leaves nothing to train.

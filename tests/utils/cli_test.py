@@ -23,7 +23,7 @@ SG_OPTIONAL = (
     'metrics.fid_images', 'metrics.fid_weights_path', 'metrics.judge_scale', 'attack.checkpoint_every_seconds',
     'defense.bido.sigma', 'defense.dp_sgd.target_epsilon', 'defense.dp_sgd.max_batch_size',
     'defense.gan_opt.decoy_dataset', 'defense.gan_opt.decoy_limit', 'defense.gan_opt.decoy_epochs',
-    'defense.mid.bottleneck',
+    'defense.mid.bottleneck', 'defense.tol',
     'defense.transfer.public_dataset', 'defense.transfer.public_limit',
     'defense.transfer.pretrain_epochs', 'defense.transfer.fisher_json',
 )
