@@ -13,7 +13,8 @@ separated by commas, read by position (:func:`parse_argument`):
   1 scale     ``tiny``, ``small``, ``paper``         ``small``
   2 dataset   ``mnist``, ``fashion_mnist``           ``mnist``
   3 grid      the file's grids (sparse_guard_mnist:  its first grid
-              ``sparse_guard``, ``all_defenses``);
+              ``sparse_guard``, ``all_defenses``,
+              ``reproduction``);
               files without grids take two words
   ==========  =====================================  ==================
 

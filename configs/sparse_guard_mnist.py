@@ -45,9 +45,16 @@ from mi_jax import defenses
 
 # The defenses each grid sweeps (more knob values in sweep.knob_values); the first
 # is the default grid of the config argument.
+# The rows of the SG paper's tables (GAN-opt++ is gan-opt with
+# defense.gan_opt.plus_plus=True, a run of its own in scripts/reproduce.sh).
+SG_TABLE_DEFENSES = ('no-defense', 'gaussian-noise', 'gan-augmentation', 'laplace-noise', 'nopeek', 'gan-opt',
+                     'sparse-standard', 'sparse-guard')
 GRIDS = {
     'sparse_guard': ('no-defense', 'sparse-standard', 'sparse-guard'),
     'all_defenses': defenses.names(),
+    # The reproduction report (scripts/reproduce.sh): the SG tables' rows,
+    # then the other defenses we have.
+    'reproduction': SG_TABLE_DEFENSES + ('mid', 'bido', 'dp-sgd', 'transfer-learning'),
 }
 
 
@@ -105,6 +112,13 @@ def build(argument: base.Argument) -> config_dict.ConfigDict:
   # Backprop through 500 LCA steps: √T checkpointing keeps memory O(√T).
   c.defense.grad = 'checkpoint'
   c.defense.lateral = 'auto'
+  # The codes' solver: 'lca' runs n_steps Euler steps of the LCA ODE (the
+  # SG code's truncated codes); 'fista' solves the same lasso by FISTA, for
+  # at most n_steps iterations or until the largest per-sample relative code
+  # change is below tol (None: all n_steps), i.e. converged codes: the
+  # reproduction report's "converged vs truncated" ablation.
+  c.defense.solver = 'lca'
+  c.defense.tol = config_dict.placeholder(float)
   # Every other defense's hyperparameters, one block each
   # (config.defense.gaussian_noise, .laplace_noise, .nopeek, .mid, .bido, …),
   # with the papers' values and the reasons in their modules.
@@ -186,6 +200,11 @@ def build(argument: base.Argument) -> config_dict.ConfigDict:
     # Laplace scales SG App. B reports and Sparse-Guard at its table default.
     c.sweep.knob_values.sparse_guard = (0.5,)
     c.sweep.knob_values.laplace_noise = (0.5, 1.0)
+  if grid == 'reproduction':
+    c.sweep.enabled = True
+    c.sweep.defenses = GRIDS[grid]
+    # SG Table 1's λ values and App. B's two Laplace scales.
+    c.sweep.knob_values.laplace_noise = (0.5, 1.0)
 
   if scale in ('small', 'tiny'):
     _small(c, tiny=scale == 'tiny')
@@ -237,6 +256,9 @@ def _small(c, *, tiny: bool):
   # cached) and the SG row decoder on all 28·C rows of each image.
   c.attack.legacy_epochs = 2 if tiny else 10
   c.attack.patience = 1 if tiny else 10
+  # Three attacker seeds: the noise floor of every cell. (Split over 2 host
+  # devices the decoders do not train faster than one after the other: the
+  # matmuls of one device already use both cores.)
   c.attack.num_seeds = 2 if tiny else 3
   c.attack.decoder_hidden = 64 if tiny else 800
   c.attack.figure_images = 4 if tiny else 8

@@ -278,6 +278,9 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
   writer = MetricWriter(workdir)
   started = time.perf_counter()
   graphdef, state, row_extras = train_target(config, split, mesh=mesh, workdir=workdir, writer=writer)
+  # Wall time of the target's training alone (a resumed point counts only
+  # this process's share), what a defense costs its owner.
+  target_seconds = round(time.perf_counter() - started, 1)
   leak = defenses.LEAK_OF_SETTING[config.setting]
   attack_rng = jax.random.key(config.seed + 7)
   query = lambda images, salt, leak: query_target(
@@ -346,6 +349,7 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
                                    weights_path=config.metrics.fid_weights_path, mesh=mesh)
     row['fid_images'] = n
   row['seconds'] = round(time.perf_counter() - started, 1)
+  row['target_seconds'] = target_seconds
   shown = config.attack.figure_images
   figure = {'originals': originals[:shown], 'reconstructions': attacks[0].reconstructions[:shown]}
   writer.rewind('result', -1)  # a point killed after this line and rerun logs its result once
