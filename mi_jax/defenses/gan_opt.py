@@ -188,16 +188,20 @@ def recover_accuracy(config, graphdef, state, fisher, real_images, real_labels, 
   """The "++" step: EWC fine-tuning from ``state`` on the *real* (images, labels).
 
   Returns ``(graphdef, state)``; phase 'recovery' (resumable). Only the
-  parameters move under the penalty; the optimiser state starts fresh.
+  parameters move under the penalty; the optimiser state starts fresh. The
+  returned state holds the target optimiser's own state (the chain's
+  second part, without the stateless EWC term), as every other target
+  does: the sg_legacy attack carries it on.
   """
   b = config.defense.gan_opt
   anchor = jax.device_get(state['params'])
   tx = optax.chain(ewc_gradient(fisher, anchor, strength=float(b.ewc_lambda)), make_optimizer(config.train))
   start = {'step': jnp.zeros((), jnp.int32), 'params': anchor,
            'model_state': jax.device_get(state['model_state']), 'opt_state': tx.init(anchor)}
-  return gan_aug.train_on(config, real_images, real_labels, num_classes=num_classes, mesh=mesh,
-                          workdir=workdir, writer=writer, phase='recovery', state=start, tx=tx,
-                          epochs=int(b.recovery_epochs))
+  graphdef, state = gan_aug.train_on(config, real_images, real_labels, num_classes=num_classes, mesh=mesh,
+                                     workdir=workdir, writer=writer, phase='recovery', state=start, tx=tx,
+                                     epochs=int(b.recovery_epochs))
+  return graphdef, {**state, 'opt_state': state['opt_state'][1]}
 
 
 # --------------------------------------------------------------- decoy

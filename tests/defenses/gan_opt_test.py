@@ -10,7 +10,7 @@ import pytest
 from mi_jax.data.splits import ProtocolSplit
 from mi_jax.defenses import gan_augmentation as gan_aug
 from mi_jax.defenses import gan_opt
-from mi_jax.train.state import merge_model, split_model
+from mi_jax.train.state import make_optimizer, merge_model, split_model
 from mi_jax.utils.metric_writer import MetricWriter
 from tests.defenses import build
 from tests.helpers import load_config, mesh_of, synthetic_digits
@@ -139,6 +139,8 @@ def test_recovery_uses_real_data_only_and_holds_high_fisher_parameters(tmp_path,
     _, new = gan_opt.recover_accuracy(config, graphdef, state, fisher, split.private_images, split.private_labels,
                                       num_classes=10, mesh=mesh_of(2), workdir=str(workdir),
                                       writer=MetricWriter(str(workdir)))
+    # The target optimiser's own state comes back (what sg_legacy's attack carries on).
+    assert jax.tree.structure(new['opt_state']) == jax.tree.structure(make_optimizer(config.train).init(params))
     delta = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(jnp.asarray(a) - b))), new['params'], params)
     flat = jax.tree_util.tree_leaves_with_path(delta)
     moved[strength] = {
