@@ -158,8 +158,22 @@ def _read_json(path: str):
 
 
 def load(root: str, runs: Sequence[Run]) -> dict:
-  """{run name: its rows, or None when it has not finished}."""
-  return {run.name: _read_json(results_path(root, run)) for run in runs}
+  """{run name: its rows}: a finished run's results.json, else the rows of
+  the points it has finished so far (``points/*/row.json``), else None."""
+  return {run.name: _read_json(results_path(root, run)) or _finished_points(root, run) for run in runs}
+
+
+def _finished_points(root: str, run: Run) -> Optional[list]:
+  points = os.path.join(root, run.name, 'points')
+  if not os.path.isdir(points):
+    return None
+  rows = [_read_json(os.path.join(points, name, 'row.json')) for name in sorted(os.listdir(points))]
+  return [row for row in rows if row is not None] or None
+
+
+def partial_runs(root: str, runs: Sequence[Run]) -> list[Run]:
+  """The runs with some points finished and no results.json yet."""
+  return [run for run in runs if not os.path.exists(results_path(root, run)) and _finished_points(root, run)]
 
 
 def label(row: dict) -> str:
@@ -484,7 +498,7 @@ def report(root: str, runs: Sequence[Run], out: str) -> str:
   loaded = load(root, runs)
   all_cells = cells(loaded)
   timing = _read_json(os.path.join(root, TIMING_FILE)) or {}
-  finished = [r.name for r in runs if loaded[r.name] is not None]
+  finished = [r.name for r in runs if os.path.exists(results_path(root, r))]
   figure_dir = os.path.splitext(out)[0]
   parts = ['# Reproduction report: the Sparse-Guard claims under both protocols', '',
            f"Written by `scripts/reproduce.sh` from {len(finished)} of {len(runs)} runs "
@@ -492,6 +506,10 @@ def report(root: str, runs: Sequence[Run], out: str) -> str:
   missing = [r for r in runs if loaded[r.name] is None]
   if missing:
     parts += ['Not run yet: ' + ', '.join(f"`{r.name}`" for r in missing) + '.', '']
+  partial = partial_runs(root, runs)
+  if partial:
+    parts += ['Still running (their finished points are included): '
+              + ', '.join(f"`{r.name}` ({len(loaded[r.name])} points)" for r in partial) + '.', '']
   parts += ['## Verdicts', '',
             'Two numbers differ when their means are more than 2·√(sd₁² + sd₂²) apart (sd over attacker '
             'seeds; for accuracy, the binomial standard error). Sparse-Guard is the λ = 0.5 row.', '',

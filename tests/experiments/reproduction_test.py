@@ -8,6 +8,7 @@ from mi_jax.experiments import reproduction as rep
 def _row(defense, value=None, *, psnr, sd=0.05, acc=0.9, se=0.005, ssim=None, setting='split', dataset='mnist',
          protocol='corrected', seconds=10.0, symbol='λ', **extra):
   return {'dataset': dataset, 'protocol': protocol, 'setting': setting, 'defense': defense, 'knob_value': value,
+          'lam': value,
           'knob': symbol, 'accuracy': acc, 'accuracy_se': se, 'psnr': psnr, 'psnr_sd': sd,
           'ssim': psnr / 25 if ssim is None else ssim, 'ssim_sd': sd / 25, 'target_seconds': seconds, **extra}
 
@@ -114,3 +115,17 @@ def test_the_tiny_reproduction_runs_every_experiment_and_writes_the_report(tmp_p
   assert '### mnist, sg_legacy, split' in text and '### fashion_mnist, corrected, split' in text
   assert 'gan-opt++' in text and 'converged_codes' in text and '8000 images' in text and 'frozen_3' in text
   assert len(list((tmp_path / 'reproduction').glob('*.png'))) >= 4
+
+
+def test_report_includes_the_finished_points_of_a_run_still_going(tmp_path):
+  import json
+  root = tmp_path / 'root'
+  cell = _table()
+  for name, row in cell.rows.items():
+    folder = root / 'mnist' / 'corrected' / 'points' / name.replace(' ', '_')
+    folder.mkdir(parents=True)
+    (folder / 'row.json').write_text(json.dumps(row))
+  (root / 'mnist' / 'corrected' / 'points' / 'unfinished').mkdir()  # a point still training: no row yet
+  text = rep.report(str(root), rep.plan('small'), str(tmp_path / 'report.md'))
+  assert f'`mnist/corrected` ({len(cell.rows)} points)' in text
+  assert '### mnist, corrected, split' in text and '| sparse-guard (λ=0.5) | 90.0 ± 0.5 | 15.00 ± 0.05 †' in text
