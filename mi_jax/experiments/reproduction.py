@@ -74,7 +74,9 @@ def _tuple(values) -> str:
 
 
 def plan(scale: str = 'small') -> list[Run]:
-  """Every run of the report, the cheap and decisive ones first."""
+  """Every run of the report: the corrected grids of both datasets first
+  (every verdict needs both), then GAN-opt++, the sg_legacy runs, the
+  ablations and the TL-DMI curve."""
   runs = []
   for dataset in DATASETS:
     grid = f'{SG_CONFIG}:{scale},{dataset},reproduction'
@@ -96,6 +98,8 @@ def plan(scale: str = 'small') -> list[Run]:
              f'--config.sweep.protocols={_tuple(["sg_legacy"])}', f'--config.sweep.settings={_tuple(["end_to_end"])}'),
             'the non-sparse rows, end to end, sg_legacy protocol'),
     ]
+  runs.sort(key=lambda run: ('corrected', 'gan_opt_plus_plus', 'legacy_split',
+                             'legacy_end_to_end').index(run.name.split('/')[1]))  # stable: MNIST first
   grid = f'{SG_CONFIG}:{scale},mnist,reproduction'
   one_guard = (f'--config.sweep.defenses={_tuple(["sparse-guard"])}',
                f'--config.sweep.knob_values.sparse_guard={_tuple([SG_DEFAULT_LAM])}')
