@@ -251,11 +251,13 @@ SUPPORTED, REFUTED, UNCLEAR, MISSING = ('supported', 'not supported', 'not disti
 
 
 def _combine(outcomes: Sequence[Optional[str]]) -> str:
-  """Every piece supports → supported; any refutes → not supported; a missing piece → not measured."""
-  if not outcomes or any(o is None for o in outcomes):
-    return MISSING
+  """Every claim holds for every cell: one refuting piece → not supported
+  (whatever is still missing); else a missing piece → not measured; else
+  supported when every piece supports it."""
   if any(o == REFUTED for o in outcomes):
     return REFUTED
+  if not outcomes or any(o is None for o in outcomes):
+    return MISSING
   return SUPPORTED if all(o == SUPPORTED for o in outcomes) else UNCLEAR
 
 

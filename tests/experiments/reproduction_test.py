@@ -80,6 +80,8 @@ def test_verdicts_combine_every_cell_and_say_when_cells_are_missing():
   assert all(verdicts[(c, 'corrected')].outcome == rep.SUPPORTED for c in '1234567')
   refuted = [rep.Cell('mnist', 'corrected', 'split', _table(**{'nopeek (w=1)': {'psnr': 14.0}}).rows)] + cells[1:]
   assert {(v.claim, v.protocol): v for v in rep.verdicts(refuted)}[('1', 'corrected')].outcome == rep.REFUTED
+  # One refuting cell decides a claim about every cell, even with others missing.
+  assert {(v.claim, v.protocol): v for v in rep.verdicts(refuted[:1])}[('1', 'corrected')].outcome == rep.REFUTED
 
 
 def test_plan_names_are_unique_and_every_run_writes_under_the_root():
