@@ -252,7 +252,7 @@ def accuracy(graphdef, state, images, labels, *, batch_size, mesh) -> float:
 
 
 def attacker_settings(config) -> dict:
-  """The corrected attacker's keyword arguments (:func:`mi_jax.attacks.surrogate.surrogate_attack_once`)
+  """The corrected attacker's keyword arguments (:func:`mi_jax.attacks.surrogate.surrogate_attack`)
   from ``config.attack``; the validation slice is drawn with ``config.seed``."""
   a = config.attack
   return dict(tx=make_optimizer(a), decoder=a.decoder, decoder_hidden=a.decoder_hidden, batch_size=a.batch_size,
