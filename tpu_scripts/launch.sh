@@ -3,7 +3,9 @@
 # Usage: tpu_scripts/launch.sh TPU_NAME ZONE WORKDIR [experiment flags...]
 #   e.g. tpu_scripts/launch.sh my-v4-32 us-central2-b /mnt/shared/sg_paper \
 #          --config=configs/sparse_guard_mnist.py:paper
-# MI_JAX_DISTRIBUTED=1 makes the main call jax.distributed.initialize() first.
+# MI_JAX_DISTRIBUTED=1 makes the main call jax.distributed.initialize() first
+# (JAX finds the TPU slice's coordinator itself; on one machine,
+# python -m mi_jax.launch --processes=N runs the same code paths).
 # WORKDIR must be a filesystem every host sees (e.g. a Filestore/NFS mount):
 # checkpoints are written by all hosts, results by process 0 only; gs://
 # paths are not supported by the results writers yet.

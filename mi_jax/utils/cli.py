@@ -226,13 +226,40 @@ def run_experiment(module: str) -> None:
     except ValueError as error:
       fail(error)
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    if os.environ.get('MI_JAX_DISTRIBUTED') == '1':
-      import jax
-      jax.distributed.initialize()
+    initialize_distributed()
     experiment = importlib.import_module(module)
     run_and_report(experiment.run, config_flag.value, workdir_flag.value)
 
   app.run(main, flags_parser=parse_flags)
+
+
+def initialize_distributed(environ=os.environ) -> bool:
+  """``jax.distributed.initialize`` when ``MI_JAX_DISTRIBUTED=1``; returns whether it ran.
+
+  With ``MI_JAX_COORDINATOR_ADDRESS``, ``MI_JAX_NUM_PROCESSES`` and
+  ``MI_JAX_PROCESS_ID`` set (``python -m mi_jax.launch`` sets them) those are
+  passed on, and CPU processes use the gloo collectives (XLA:CPU's
+  cross-process all-reduce); without them JAX detects the cluster itself
+  (TPU pod slices, SLURM, Open MPI). Must run before the first JAX
+  computation of the process.
+  """
+  if environ.get('MI_JAX_DISTRIBUTED') != '1':
+    return False
+  import jax
+  from mi_jax import launch
+  if launch.COORDINATOR not in environ:
+    jax.distributed.initialize()
+    return True
+  try:
+    processes, process_id = int(environ[launch.NUM_PROCESSES]), int(environ[launch.PROCESS_ID])
+  except (KeyError, ValueError):
+    fail(f"{launch.NUM_PROCESSES} and {launch.PROCESS_ID} must be integers when {launch.COORDINATOR} is set, "
+         f"got {environ.get(launch.NUM_PROCESSES)!r} and {environ.get(launch.PROCESS_ID)!r}")
+  if environ.get('JAX_PLATFORMS', '').split(',')[0] == 'cpu':
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=environ[launch.COORDINATOR], num_processes=processes,
+                             process_id=process_id)
+  return True
 
 
 def run_and_report(run, config, workdir: str) -> None:
