@@ -9,6 +9,7 @@ gcloud compute tpus tpu-vm ssh "$tpu" --zone="$zone" --worker=all --command "
   [ -d mi_jax ] || git clone '$repo' mi_jax
   cd mi_jax && git pull --ff-only
   python3 -m venv .venv && .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e . 'jax[tpu]>=0.10,<0.11'
+  .venv/bin/pip install -q -e '.[tpu]'
+  .venv/bin/python scripts/check_device.py
   .venv/bin/python -m mi_jax.data.prepare mnist fashion_mnist --no-install
 "
