@@ -101,6 +101,17 @@ class Geometry:
     return tuple((k - 1) // s for k, s in zip(self.kernel_hw, self.stride))
 
 
+def matmul_precision():
+  """The precision of the solver's convolutions and products: HIGHEST (true
+  float32, every backend) unless the caller chose one with
+  ``jax.default_matmul_precision`` (e.g. ``'tensorfloat32'`` or
+  ``'bfloat16'`` on a GPU/TPU, to trade code accuracy for speed;
+  ``benchmarks/accelerator_bench.py`` measures both). Read at trace time:
+  the choice is part of JAX's compilation cache key."""
+  chosen = jax.config.jax_default_matmul_precision
+  return jax.lax.Precision.HIGHEST if chosen is None else chosen
+
+
 def to_canvas(x: jax.Array, geom: Geometry) -> jax.Array:
   """P x: zero-pad by the 'same' margin, then cut or extend to the canvas."""
   (ph, pw), (hc, wc) = geom.pad, geom.canvas_hw
@@ -128,7 +139,7 @@ def analysis(canvas: jax.Array, dictionary: jax.Array, geom: Geometry) -> jax.Ar
       window_strides=geom.stride,
       padding='VALID',
       dimension_numbers=_DIMS,
-      precision=jax.lax.Precision.HIGHEST,
+      precision=matmul_precision(),
   )
 
 
@@ -204,7 +215,7 @@ def lateral_with_kernel(codes: jax.Array, kernel: jax.Array) -> jax.Array:
       window_strides=(1, 1),
       padding=((mh, mh), (mw, mw)),
       dimension_numbers=_DIMS,
-      precision=jax.lax.Precision.HIGHEST,
+      precision=matmul_precision(),
   )
 
 
@@ -223,7 +234,7 @@ def synthesis_gemm(codes: jax.Array, dictionary: jax.Array, geom: Geometry) -> j
   """
   kh, kw, _, _ = dictionary.shape
   (hc, wc), (sh, sw), (height, width) = geom.code_hw, geom.stride, geom.canvas_hw
-  columns = jnp.einsum('nyxf,ijcf->nyxijc', codes, dictionary, precision=jax.lax.Precision.HIGHEST)
+  columns = jnp.einsum('nyxf,ijcf->nyxijc', codes, dictionary, precision=matmul_precision())
   # Tap (0, 0) placed by padding (so the canvas inherits the codes' sharding),
   # the other taps added into their strided windows.
   canvas = jax.lax.pad(columns[:, :, :, 0, 0, :], jnp.zeros((), codes.dtype), (
@@ -242,7 +253,7 @@ def analysis_gemm(canvas: jax.Array, dictionary: jax.Array, geom: Geometry) -> j
   patches = jnp.stack(
       [canvas[_tap_window(geom, i, j)] for i in range(kh) for j in range(kw)], axis=3)
   return jnp.einsum('nyxpc,pcf->nyxf', patches, dictionary.reshape(kh * kw, c, f),
-                    precision=jax.lax.Precision.HIGHEST)
+                    precision=matmul_precision())
 
 
 def lateral_gemm(codes, dictionary, geom):
@@ -296,7 +307,7 @@ def lateral_fft(codes: jax.Array, spectrum: jax.Array, geom: Geometry) -> jax.Ar
   (hc, wc), (sh, sw) = geom.code_hw, fft_shape(geom)
   padded = jnp.pad(codes, ((0, 0), (0, sh - hc), (0, sw - wc), (0, 0)))
   product = jnp.einsum('nuvf,uvfg->nuvg', jnp.fft.rfft2(padded, axes=(1, 2)), spectrum,
-                       precision=jax.lax.Precision.HIGHEST)
+                       precision=matmul_precision())
   return jnp.fft.irfft2(product, s=(sh, sw), axes=(1, 2))[:, :hc, :wc]
 
 
