@@ -30,6 +30,7 @@ from mi_jax.train.classifier import train_classifier
 from mi_jax.train.inference import apply_in_batches
 from mi_jax.train.state import make_optimizer, merge_model
 from mi_jax.utils import results as results_io
+from mi_jax.utils import storage
 from mi_jax.utils.metric_writer import MetricWriter
 
 # Training budget per scale. 'small' reaches ~98% on MNIST in about a minute
@@ -94,13 +95,12 @@ def load_or_train_judge(dataset: str, *, root: str, mesh, scale: str = 'small', 
             'train_sha': results_io.config_hash({'labels': train_labels[:64].tolist(), 'n': len(train_labels)})}
   workdir = os.path.join(root, f"judge_{dataset}_{scale}_seed{seed}")
   record_path = os.path.join(workdir, 'judge.json')
-  if os.path.exists(record_path):
-    with open(record_path) as f:
-      saved = json.load(f)
+  if storage.exists(record_path):
+    saved = json.loads(storage.read_text(record_path))
     if saved['config'] != json.loads(json.dumps(record)):
       raise FileExistsError(f"{workdir} holds a judge trained with a different config; remove it or "
                             "choose another root")
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   model = EvaluationCNN(image_shape=tuple(train_images.shape[1:]), num_classes=num_classes,
                         width=settings['width'], feature_width=settings['feature_width'],
                         rngs=nnx.Rngs(seed))
@@ -112,7 +112,7 @@ def load_or_train_judge(dataset: str, *, root: str, mesh, scale: str = 'small', 
       writer=MetricWriter(workdir), phase='judge', checkpoint_every=500, log_every=100)
   judge = Judge(name=f"evaluation_cnn_{dataset}_{scale}", graphdef=graphdef, state=state,
                 test_accuracy=float('nan'), mesh=mesh, batch_size=batch_size)
-  if os.path.exists(record_path):
+  if storage.exists(record_path):
     judge.test_accuracy = saved['test_accuracy']
   else:
     predictions = np.argmax(judge.logits(test_images), -1)

@@ -6,9 +6,10 @@
 # MI_JAX_DISTRIBUTED=1 makes the main call jax.distributed.initialize() first
 # (JAX finds the TPU slice's coordinator itself; on one machine,
 # python -m mi_jax.launch --processes=N runs the same code paths).
-# WORKDIR must be a filesystem every host sees (e.g. a Filestore/NFS mount):
-# checkpoints are written by all hosts, results by process 0 only; gs://
-# paths are not supported by the results writers yet.
+# WORKDIR must be a filesystem every host sees (e.g. a Filestore/NFS mount)
+# or a gs://bucket/path (needs `pip install -e .[gcs]`): checkpoints are
+# written by all hosts, results by process 0 only. A gs:// WORKDIR has no
+# lock: start one run per WORKDIR (see mi_jax/utils/storage.py).
 set -euo pipefail
 tpu="$1"; zone="$2"; workdir="$3"; shift 3
 flags="$*"

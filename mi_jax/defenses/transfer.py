@@ -61,6 +61,7 @@ from mi_jax.train.classifier import train_classifier
 from mi_jax.train.state import make_optimizer, merge_model, split_model
 from mi_jax.train.step import make_classifier_step
 from mi_jax.utils import config_rules as rules
+from mi_jax.utils import storage
 
 NAME = 'transfer-learning'
 PUBLIC_SOURCES = ('other_dataset', 'other_classes')
@@ -312,8 +313,7 @@ def _no_defense(config):
 
 
 def _load_importance(path: str) -> dict:
-  with open(path) as f:
-    payload = json.load(f)
+  payload = json.loads(storage.read_text(path))
   return {'classification': {r['layer']: float(r['classification']) for r in payload['layers']},
           'inversion': {r['layer']: float(r['inversion']) for r in payload['layers']}}
 

@@ -5,7 +5,9 @@ atomic writes of rows, figures and the final results.
 A run's workdir holds ``config.json`` (the whole config), one folder per
 point with its own ``config.json``, ``row.json`` and ``figure.npz``, and
 at the end ``results.json`` (written last: its presence marks the run
-finished, and it is never overwritten).
+finished, and it is never overwritten). The workdir may be a local path or
+an object store (``gs://bucket/run``): every file goes through
+:mod:`mi_jax.utils.storage`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from mi_jax.utils import config_rules as rules
 from mi_jax.utils import results as results_io
+from mi_jax.utils import storage
 from mi_jax.utils import workdir as workdir_lib
 
 
@@ -74,7 +77,7 @@ def check_workdir(config, workdir: str, points: Iterable[Point], *, figure_keys:
   grown grid reuses the points it shares with the old one).
   """
   results_path = os.path.join(workdir, 'results.json')
-  if os.path.exists(results_path):
+  if storage.exists(results_path):
     raise FileExistsError(f"{results_path} exists: this workdir holds a finished run; choose a new --workdir")
   workdir_lib.check_config(os.path.join(workdir, 'config.json'), config_json(config), ignore=may_differ)
   finished = {}
@@ -93,7 +96,7 @@ def check_workdir(config, workdir: str, points: Iterable[Point], *, figure_keys:
 
 def start_run(config, workdir: str, *, writes: bool) -> None:
   """Creates the workdir and records the run's config (process 0 only writes)."""
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   if writes:
     results_io.write_json_atomic(os.path.join(workdir, 'config.json'), config_json(config), overwrite=True)
 

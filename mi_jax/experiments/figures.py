@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-from pathlib import Path
 from typing import Mapping, Optional
 
 import numpy as np
@@ -17,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from mi_jax.experiments.tables import SETTING_TITLES, defense_label, pareto_front, seed_stats
+from mi_jax.utils import storage
 from mi_jax.utils.results import SETTINGS, PathLike, write_bytes_atomic
 
 # As in mi_jax.metrics.image_quality: float rounding may leave [0, 1] by this much.
@@ -140,7 +140,7 @@ def reconstruction_grid(
     gap_px: int = 4,
     dpi: int = 100,
     original_label: str = 'original',
-) -> Path:
+) -> storage.StoredPath:
   """Writes an SG Fig. 3-style PNG: row 0 the private images, then one row per defense.
 
   Args:
@@ -157,9 +157,7 @@ def reconstruction_grid(
 
   Returns the path written.
   """
-  path = Path(path)
-  if path.exists() and not overwrite:
-    raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+  storage.refuse_existing(path, overwrite=overwrite)
   png = render_reconstruction_grid(
       originals, reconstructions_by_defense, cell_px=cell_px, label_px=label_px,
       gap_px=gap_px, dpi=dpi, original_label=original_label)
@@ -238,7 +236,7 @@ def tradeoff_plot(rows, *, metric: str = 'psnr') -> Figure:
 
 
 def tradeoff_figure(rows, path: PathLike, *, metric: str = 'psnr', overwrite: bool = False,
-                    dpi: int = 100) -> Path:
+                    dpi: int = 100) -> storage.StoredPath:
   """Writes the accuracy / attack-quality Pareto plot, one panel per setting present.
 
   x = natural accuracy (%), y = the attack ``metric`` (PSNR by default;
@@ -248,9 +246,7 @@ def tradeoff_figure(rows, path: PathLike, *, metric: str = 'psnr', overwrite: bo
   line, and the Pareto front as a dashed staircase: front points are those
   no other point beats on both axes. Better defenses sit to the bottom right.
   """
-  path = Path(path)
-  if path.exists() and not overwrite:
-    raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+  storage.refuse_existing(path, overwrite=overwrite)
   buffer = io.BytesIO()
   tradeoff_plot(rows, metric=metric).savefig(buffer, format='png', dpi=dpi, facecolor='white')
   return write_bytes_atomic(path, buffer.getvalue(), overwrite=overwrite)

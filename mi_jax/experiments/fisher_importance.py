@@ -34,6 +34,7 @@ from mi_jax.experiments import surrogate
 from mi_jax.analysis import fisher
 from mi_jax.utils import config_rules as rules
 from mi_jax.utils import results as results_io
+from mi_jax.utils import storage
 
 OUTPUTS = ('fisher.json', 'fisher.md', 'fisher.png')
 
@@ -58,7 +59,7 @@ def validate_config(config, *, num_devices: int, sizes=None) -> None:
 
 def refuse_existing_outputs(workdir: str) -> None:
   """FileExistsError if the workdir already holds one of :data:`OUTPUTS`."""
-  taken = [name for name in OUTPUTS if os.path.exists(os.path.join(workdir, name))]
+  taken = [name for name in OUTPUTS if storage.exists(os.path.join(workdir, name))]
   if taken:
     raise FileExistsError(f'{workdir} already holds {taken}; choose a new --workdir')
 
@@ -101,13 +102,14 @@ def _target(config, split, *, mesh, workdir):
         batch_size=config.train.batch_size, epochs=config.train.epochs, seed=config.seed, mesh=mesh,
         workdir=workdir, writer=MetricWriter(workdir), phase='target',
         checkpoint_every=config.train.checkpoint_every_steps, log_every=config.train.log_every_steps,
-        make_step=defenses.classifier_step_for(config))
+        make_step=defenses.classifier_step_for(
+            config, steps_per_epoch=mi_data.steps_per_epoch(len(split.private_images), config.train.batch_size)))
   return graphdef, jax.device_get(state['params']), jax.device_get(state['model_state'])
 
 
 def load_reconstructions(path: str, private_images: np.ndarray) -> np.ndarray:
   """The images of a .npy aligned with the private split (uint8, or the decoder's [0, 1] floats)."""
-  images = np.load(path, allow_pickle=False)
+  images = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
   if images.shape != private_images.shape:
     raise ValueError(f"config.fisher.reconstructions must have the private images' shape {private_images.shape}, "
                      f'got {images.shape}')
@@ -194,7 +196,7 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
   private_images, private_labels = split.private_images, split.private_labels
   reconstructions: Optional[str] = config.fisher.reconstructions
   inversion_images = load_reconstructions(reconstructions, private_images) if reconstructions else private_images
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   graphdef, params, model_state = _target(config, split, mesh=mesh, workdir=workdir)
   # Deterministic subsets: the first `samples` of each role (already shuffled by the split).
   n_inv = min(config.fisher.samples, len(private_labels))

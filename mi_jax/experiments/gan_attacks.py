@@ -61,6 +61,7 @@ from mi_jax.train import gan
 from mi_jax.train.inference import apply_in_batches
 from mi_jax.utils import config_rules as rules
 from mi_jax.utils import results as results_io
+from mi_jax.utils import storage
 from mi_jax.utils import workdir as workdir_lib
 from mi_jax.experiments.figures import reconstruction_grid
 from mi_jax.utils.metric_writer import MetricWriter
@@ -394,7 +395,7 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
   for d_index, defense in enumerate(config.defenses):
     point = _point_config(config, defense)
     point_dir = os.path.join(workdir, 'points', defense)
-    os.makedirs(point_dir, exist_ok=True)
+    storage.makedirs(point_dir)
     writer = MetricWriter(point_dir)
     print(f"=== defense {d_index + 1}/{len(config.defenses)}: {defense}", flush=True)
     started = time.perf_counter()
@@ -410,7 +411,7 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
         row, figure = finished[defense, attack]
         print(f"    {attack}: already done ({row_path})", flush=True)
       else:
-        os.makedirs(attack_dir, exist_ok=True)
+        storage.makedirs(attack_dir)
         attack_started = time.perf_counter()
         if attack == 'kedmi':
           soft = _private_softmax(target, public_images, classes, mesh=mesh, batch_size=config.gan.batch_size)

@@ -47,6 +47,7 @@ from mi_jax.train.inference import apply_in_batches
 from mi_jax.train.state import make_optimizer, merge_model
 from mi_jax.utils import config_rules as rules
 from mi_jax.utils import results as results_io
+from mi_jax.utils import storage
 from mi_jax.utils import umap_figure
 from mi_jax.utils.metric_writer import MetricWriter
 
@@ -179,9 +180,9 @@ def run(config, workdir: str, *, mesh=None) -> dict:
   validate_config(config, num_devices=mesh.devices.size)
   figure, summary_path = os.path.join(workdir, FIGURE), os.path.join(workdir, SUMMARY)
   for path in (figure, summary_path):
-    if os.path.exists(path):
+    if storage.exists(path):
       raise FileExistsError(f"{path} already exists; choose another --workdir")
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   features, accuracies = {}, {}
   for dataset in config.umap.datasets:
     features[dataset], accuracies[dataset] = probe_features(dataset, config, mesh=mesh, workdir=workdir)

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from mi_jax.utils import storage
 from mi_jax.utils.metric_writer import StorageError, os_errno, storage_error
 
 
@@ -103,7 +104,8 @@ class Checkpointer:
   """A thin wrapper over ``ocp.CheckpointManager`` for one phase of a run."""
 
   def __init__(self, directory: str, *, max_to_keep: int = 2):
-    self.directory = os.path.abspath(directory)
+    # An object-store URL (gs://…) goes to orbax as it is: abspath would make it a local path.
+    self.directory = os.path.abspath(directory) if storage.is_local(directory) else os.fspath(directory)
     try:
       self.manager = ocp.CheckpointManager(
           self.directory,

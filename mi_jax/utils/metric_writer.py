@@ -1,5 +1,10 @@
 """``config.json`` + ``metrics.jsonl`` in the workdir, written by process 0.
 
+A local ``metrics.jsonl`` is appended to; on an object store (gs://…), which
+cannot append, each record rewrites the whole object (see
+:mod:`mi_jax.utils.storage`): metrics files are small, and every reader
+sees whole records.
+
 Disk failures (full, read-only, permission) surface as :class:`StorageError`,
 an ``OSError`` whose message is one line naming the path and the cause, so a
 command-line entry point can print it instead of a traceback.
@@ -14,6 +19,8 @@ import re
 
 import jax
 import numpy as np
+
+from mi_jax.utils import storage
 
 
 class StorageError(OSError):
@@ -60,32 +67,36 @@ def _plain(value):
 def read_records(path: str) -> list[dict]:
   """The records of a ``metrics.jsonl``; a line cut short by a kill (it does not
   parse) is skipped, so readers never fail on a half-written last line."""
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     return []
   records = []
-  with open(path) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
+  for line in storage.read_text(path).split('\n'):
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
   return records
 
 
 class MetricWriter:
   """Appends one JSON line per record: ``{"phase": …, "step": …, …}``.
 
-  A run killed mid-write can leave a partial last line; it is dropped when the
-  next writer opens the file, so new lines never get glued onto it.
+  A run killed mid-write can leave a partial last line in a local file; it is
+  dropped when the next writer opens the file, so new lines never get glued
+  onto it. On an object store each record rewrites the whole object
+  (read, add the line, write), which leaves no partial line, and writers of
+  one file in turn (e.g. a resumed run) never lose each other's records.
   """
 
   def __init__(self, workdir: str, filename: str = 'metrics.jsonl'):
     self.path = os.path.join(workdir, filename)
+    self.local = storage.is_local(self.path)
     self.enabled = jax.process_index() == 0
     if self.enabled:
       try:
-        os.makedirs(workdir, exist_ok=True)
-        self._drop_partial_last_line()
+        storage.makedirs(workdir)
+        if self.local:
+          self._drop_partial_last_line()
       except OSError as error:
         raise storage_error(error, 'cannot open the metrics file', self.path) from error
 
@@ -108,9 +119,14 @@ class MetricWriter:
     for key, value in measurements.items():
       value = _plain(value)
       record[key] = None if isinstance(value, float) and not math.isfinite(value) else value
+    line = json.dumps(record) + '\n'
     try:
-      with open(self.path, 'a') as f:
-        f.write(json.dumps(record) + '\n')
+      if self.local:
+        with open(self.path, 'a') as f:
+          f.write(line)
+      else:
+        before = storage.read_text(self.path) if storage.exists(self.path) else ''
+        storage.write_bytes_atomic(self.path, (before + line).encode('utf-8'), overwrite=True)
     except OSError as error:
       raise storage_error(error, 'cannot write metrics', self.path) from error
 
@@ -118,21 +134,17 @@ class MetricWriter:
     """Drops the records of ``phase`` after ``step``: a run resumed from the
     checkpoint at ``step`` writes those steps again, and each must appear once.
 
-    The file is rewritten to a temporary file and renamed over the original, so
-    a kill during the rewind leaves either the old or the new file.
+    The file is rewritten whole (:func:`mi_jax.utils.storage.write_bytes_atomic`),
+    so a kill during the rewind leaves either the old or the new file.
     """
-    if not self.enabled or not os.path.isfile(self.path):
+    if not self.enabled or not storage.isfile(self.path):
       return
     records = read_records(self.path)
     kept = [r for r in records if not (r.get('phase') == phase and r.get('step', 0) > step)]
     if len(kept) == len(records):
       return
-    temporary = self.path + '.tmp'
+    text = ''.join(json.dumps(r) + '\n' for r in kept)
     try:
-      with open(temporary, 'w') as f:
-        f.writelines(json.dumps(r) + '\n' for r in kept)
-        f.flush()
-        os.fsync(f.fileno())
-      os.replace(temporary, self.path)
+      storage.write_bytes_atomic(self.path, text.encode('utf-8'), overwrite=True)
     except OSError as error:
       raise storage_error(error, 'cannot rewrite the metrics file', self.path) from error

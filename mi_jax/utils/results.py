@@ -25,9 +25,10 @@ import math
 import os
 import re
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, Union
+
+from mi_jax.utils.storage import StoredPath, write_bytes_atomic  # write_bytes_atomic: re-exported
 
 SETTINGS = ('end_to_end', 'split')
 PROTOCOLS = ('corrected', 'sg_legacy')
@@ -76,8 +77,9 @@ def validate_row(row: Mapping[str, Any]) -> dict:
   _check_choice(out, 'setting', SETTINGS)
   _check_choice(out, 'protocol', PROTOCOLS)
   lam = out['lam']
-  if lam is not None and not (_is_number(lam) and math.isfinite(lam) and lam >= 0):
-    raise ValueError(f"lam must be None or a finite number >= 0, got {lam!r}")
+  # The knob's value (λ, σ, b, …; label smoothing's α may be negative).
+  if lam is not None and not (_is_number(lam) and math.isfinite(lam)):
+    raise ValueError(f"lam must be None or a finite number, got {lam!r}")
   out['lam'] = None if lam is None else float(lam)
   if isinstance(out['seed'], bool) or not isinstance(out['seed'], int):
     raise ValueError(f"seed must be an integer, got {out['seed']!r}")
@@ -122,88 +124,18 @@ def validate_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- atomic writes
+# All through mi_jax.utils.storage.write_bytes_atomic: a local path or an
+# object store (gs://…), each with its own rule (that module's docstring).
 
 
-def _fsync_dir(directory: Path) -> None:
-  # Makes the rename itself durable; not every platform can open a directory.
-  try:
-    fd = os.open(directory, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
-
-
-def _refuse(path: Path) -> FileExistsError:
-  return FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-
-
-def write_bytes_atomic(path: PathLike, data: bytes, *, overwrite: bool = False) -> Path:
-  """Writes ``data`` to ``path`` all at once or not at all; returns the path.
-
-  A temporary file in the same directory is written, fsynced, then moved in
-  place (os.replace when overwriting; os.link when not, so a file created
-  meanwhile is never clobbered). Readers never see a half-written file and a
-  crash leaves at most a stray ``.<name>.*.tmp``. A disk that is full or
-  read-only raises :class:`mi_jax.utils.metric_writer.StorageError` (an
-  ``OSError``; one line with the cause and ``path``) and leaves ``path`` as it was.
-  """
-  path = Path(path)
-  if not overwrite and path.exists():
-    raise _refuse(path)
-  if not path.parent.is_dir():
-    raise FileNotFoundError(f"directory {path.parent} does not exist; create it first")
-  try:
-    _write_and_move(path, data, overwrite=overwrite)
-  except FileExistsError:
-    raise
-  except OSError as error:
-    # A full or read-only disk: one line with the cause and the path (the
-    # bare OSError of a failed write names neither the file nor, often, the path).
-    from mi_jax.utils.metric_writer import storage_error  # imports JAX; only on this path
-    raise storage_error(error, 'cannot write', str(path)) from error
-  _fsync_dir(path.parent)
-  return path
-
-
-def _write_and_move(path: Path, data: bytes, *, overwrite: bool) -> None:
-  tmp = None
-  try:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read.
-    if overwrite:
-      os.replace(tmp, path)
-    else:
-      try:
-        os.link(tmp, path)  # Atomic create-if-absent.
-      except FileExistsError:
-        raise _refuse(path) from None
-      except OSError:
-        # Filesystems without hard links: re-check, then rename.
-        if path.exists():
-          raise _refuse(path) from None
-        os.replace(tmp, path)
-  finally:
-    if tmp is not None and os.path.exists(tmp):
-      os.unlink(tmp)
-
-
-def write_text_atomic(path: PathLike, text: str, *, overwrite: bool = False) -> Path:
+def write_text_atomic(path: PathLike, text: str, *, overwrite: bool = False) -> StoredPath:
   """UTF-8 ``text`` to ``path`` atomically (see :func:`write_bytes_atomic`)."""
   if not isinstance(text, str):
     raise ValueError(f"text must be a str, got {type(text).__name__}")
   return write_bytes_atomic(path, text.encode('utf-8'), overwrite=overwrite)
 
 
-def write_json_atomic(path: PathLike, obj: Any, *, overwrite: bool = False) -> Path:
+def write_json_atomic(path: PathLike, obj: Any, *, overwrite: bool = False) -> StoredPath:
   """``obj`` as indented JSON (with a final newline) to ``path`` atomically.
 
   NaN and ±inf are written as NaN/Infinity, which Python's json reads back

@@ -14,7 +14,6 @@ the PNG is written atomically, never over an existing file unless asked.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
@@ -23,6 +22,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from mi_jax.utils import storage
 from mi_jax.utils.results import PathLike, write_bytes_atomic
 
 # UMAP's own defaults (n_neighbors 15, min_dist 0.1): the SG paper gives no
@@ -68,16 +68,14 @@ def umap_figure(
     dpi: int = 100,
     point_size: float = 2.0,
     overwrite: bool = False,
-) -> Path:
+) -> storage.StoredPath:
   """Draws precomputed 2-D embeddings: ``panels[row][column] = (xy (n, 2), labels (n,))``.
 
   Rows (e.g. datasets) top to bottom and columns (e.g. models) left to right
   in the mappings' order; every row must name the same columns. The PNG is
   exactly ``(columns·panel_px) × (rows·panel_px + LEGEND_PX)`` pixels.
   """
-  path = Path(path)
-  if path.exists() and not overwrite:
-    raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+  storage.refuse_existing(path, overwrite=overwrite)
   rows = list(panels)
   if not rows:
     raise ValueError("panels must hold at least one row")
@@ -134,16 +132,13 @@ def umap_features_figure(
     n_neighbors: int = N_NEIGHBORS,
     min_dist: float = MIN_DIST,
     **figure_kwargs,
-) -> Path:
+) -> storage.StoredPath:
   """SG Fig. 4 from raw features: ``features[row][column] = (features (n, …), labels)``.
 
   Embeds each panel with :func:`umap_embedding` and draws them with
   :func:`umap_figure` (same layout and keyword arguments).
   """
-  path = Path(path)
-  if path.exists() and not figure_kwargs.get('overwrite', False):
-    # Fail before minutes of UMAP, not after.
-    raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+  storage.refuse_existing(path, overwrite=figure_kwargs.get('overwrite', False))  # before minutes of UMAP
   panels = {
       row: {col: (umap_embedding(f, n_neighbors=n_neighbors, min_dist=min_dist, seed=seed), np.asarray(y))
             for col, (f, y) in cols.items()}

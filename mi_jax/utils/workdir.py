@@ -18,6 +18,10 @@ a third run lock a new file while a second still waits on the old one.
 Only one process of a multi-process (multi-host) run writes results, so
 callers take the lock in process 0 only (``enabled=jax.process_index() == 0``).
 
+An object-store workdir (``gs://…``, see :mod:`mi_jax.utils.storage`) has no
+``flock``, so no lock is taken there, silently: one run per object-store
+workdir is the user's responsibility, and process 0 is its only writer.
+
 What a resumed run reuses: :func:`check_config` refuses a workdir (or a
 point's folder) whose ``config.json`` is another config's, and
 :func:`finished_point` returns a finished point's row and figure only when
@@ -32,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import io
 import json
 import os
 import socket
@@ -43,6 +48,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from mi_jax.utils import results as results_io
+from mi_jax.utils import storage
 from mi_jax.utils.metric_writer import StorageError, storage_error
 
 LOCK_NAME = '.lock'
@@ -80,9 +86,9 @@ def locked(workdir: str, *, enabled: bool = True, stream=None):
   Raises :class:`WorkdirBusyError` at once when another process holds it.
   On a filesystem without ``flock`` the run goes ahead unlocked, saying so on
   ``stream`` (stderr). ``enabled=False`` is a no-op (the other processes of a
-  multi-process run).
+  multi-process run), and so is an object-store ``workdir`` (module docstring).
   """
-  if not enabled:
+  if not enabled or not storage.is_local(workdir):
     yield
     return
   fd = _open(workdir)
@@ -119,8 +125,7 @@ def read_json(path: str, *, fix: str):
   """The JSON in ``path``; a one-line ``ValueError`` naming the file (and ``fix``) when it
   does not parse, a :class:`StorageError` when it cannot be read."""
   try:
-    with open(path, encoding='utf-8') as f:
-      return json.load(f)
+    return json.loads(storage.read_text(path))
   except (json.JSONDecodeError, UnicodeDecodeError) as error:
     raise ValueError(f"{path} is not valid JSON ({str(error).splitlines()[0]}); {fix}") from None
   except OSError as error:
@@ -130,7 +135,7 @@ def read_json(path: str, *, fix: str):
 def check_config(path: str, expected: dict, *, ignore: Sequence[str] = ()) -> None:
   """Refuses to go on when ``path`` (a ``config.json``) exists and holds another
   config; top-level keys in ``ignore`` may differ."""
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return
   fix = 'resume with the same config or choose a new --workdir'
   drop = lambda config: {k: v for k, v in config.items() if k not in ignore}
@@ -141,7 +146,7 @@ def check_config(path: str, expected: dict, *, ignore: Sequence[str] = ()) -> No
 def read_figure(path: str, keys: Sequence[str], *, fix: str) -> dict:
   """The arrays of a ``figure.npz``; one line naming the file when it is unreadable or incomplete."""
   try:
-    with np.load(path) as saved:
+    with np.load(io.BytesIO(storage.read_bytes(path))) as saved:
       figure = {k: saved[k] for k in saved.files}
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
     raise ValueError(f"{path} cannot be read ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
@@ -160,7 +165,7 @@ def finished_point(row_path: str, figure_path: str, *, config_hash: str, figure_
   ``expect``, e.g. the attack of a GAN-experiment row, which the point's
   config hash does not tell apart); otherwise one line names the file.
   """
-  if not (os.path.exists(row_path) and os.path.exists(figure_path)):
+  if not (storage.exists(row_path) and storage.exists(figure_path)):
     return None
   fix = f"delete {os.path.dirname(row_path)}/row.json to recompute the point, or choose a new --workdir"
   row = read_json(row_path, fix=fix)

@@ -9,19 +9,20 @@ import os
 import pytest
 
 from mi_jax.utils import results as results_io
+from mi_jax.utils import storage
 from tests.hardening import POINTS, run, tiny
 
 
 def _failing(monkeypatch, code: int, *, when=lambda prefix: True):
   """The atomic writers' temporary files fail with ``code`` (ENOSPC: full; EROFS: read-only)."""
-  make = results_io.tempfile.mkstemp
+  make = storage.tempfile.mkstemp
 
   def mkstemp(*args, prefix='', **kwargs):
     if when(prefix):
       raise OSError(code, os.strerror(code))
     return make(*args, prefix=prefix, **kwargs)
 
-  monkeypatch.setattr(results_io.tempfile, 'mkstemp', mkstemp)
+  monkeypatch.setattr(storage.tempfile, 'mkstemp', mkstemp)
 
 
 @pytest.mark.parametrize('code', [errno.ENOSPC, errno.EROFS])
@@ -42,7 +43,7 @@ def test_a_write_that_fails_halfway_leaves_no_temporary_file(tmp_path, monkeypat
   def full(fd):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-  monkeypatch.setattr(results_io.os, 'fsync', full)
+  monkeypatch.setattr(storage.os, 'fsync', full)
   with pytest.raises(OSError, match=f"No space left on device: '{path}'"):
     results_io.write_json_atomic(path, {'a': 1})
   assert os.listdir(tmp_path) == []
