@@ -21,6 +21,7 @@ from mi_jax.defenses import no_defense  # noqa: F401  (registration order: the b
 from mi_jax.defenses import sparse_coding  # noqa: F401
 from mi_jax.defenses import noise, nopeek, mid, bido  # noqa: F401
 from mi_jax.defenses import dp_sgd, transfer, gan_augmentation, gan_opt  # noqa: F401
+from mi_jax.defenses import label_smoothing  # noqa: F401
 from mi_jax.defenses.registry import Defense, Knob, PostStep, get, names, register, unregister
 from mi_jax.defenses.target import (
     LEAK_OF_SETTING,

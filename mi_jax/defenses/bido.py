@@ -142,8 +142,9 @@ def make_extra_loss(*, lambda_x: float, lambda_y: float, dependence_of, y_kernel
   return extra_loss
 
 
-def extra_loss_from_config(config, num_classes: int = 10):
+def extra_loss_from_config(config, num_classes: int = 10, steps_per_epoch=None):
   """:func:`make_extra_loss` on every hidden layer, with ``config.defense.bido``'s weights and measure."""
+  del steps_per_epoch  # no schedule
   cfg = config.defense.bido
   n_hidden = config.model.hidden_layers[config.setting]
   return make_extra_loss(lambda_x=cfg.lambda_x, lambda_y=cfg.lambda_y, dependence_of=dependence_fn(cfg),

@@ -89,5 +89,5 @@ register(Defense(
     block='mid', config_block=config_block, validate=validate,
     knob=Knob('mid.beta', 'β'),
     target_hooks=target_hooks,
-    extra_loss=lambda config, num_classes: make_extra_loss(beta=config.defense.mid.beta),
+    extra_loss=lambda config, num_classes, steps_per_epoch: make_extra_loss(beta=config.defense.mid.beta),
 ))

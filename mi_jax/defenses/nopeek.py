@@ -64,6 +64,6 @@ register(Defense(
     summary='distance-correlation penalty between the input and the leaked layer (Vepakomma et al.)',
     block='nopeek', config_block=config_block, validate=validate,
     knob=Knob('nopeek.weight', 'w'),
-    extra_loss=lambda config, num_classes: make_extra_loss(weight=config.defense.nopeek.weight,
+    extra_loss=lambda config, num_classes, steps_per_epoch: make_extra_loss(weight=config.defense.nopeek.weight,
                                                            layer=split_layer(config)),
 ))

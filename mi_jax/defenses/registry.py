@@ -13,8 +13,9 @@ A defense changes the target in at most these ways, each a field here:
 * ``target_hooks(config) -> dict``: keyword arguments of
   :class:`mi_jax.models.target.TargetNetwork` (noise layers, a stochastic
   bottleneck);
-* ``extra_loss(config, num_classes) -> fn | None``: the regulariser of
-  :func:`mi_jax.train.step.make_classifier_step`;
+* ``extra_loss(config, num_classes, steps_per_epoch) -> fn | None``: the
+  regulariser of :func:`mi_jax.train.step.make_classifier_step`
+  (``steps_per_epoch``: the training data's, or None where unknown);
 * ``recipe(config, split, *, mesh, workdir, writer)``: training that
   replaces supervised training altogether (DP-SGD, transfer learning, the
   GAN-based defenses);
@@ -47,6 +48,9 @@ class Knob:
 
   field: str
   symbol: str
+  # Whether negative values are meaningful (label smoothing's α); other knobs
+  # (noise scales, weights, λ) are >= 0.
+  signed: bool = False
 
   @property
   def name(self) -> str:

@@ -13,6 +13,8 @@ defense's training recipe can import :func:`build_target` at its top.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from flax import nnx
 
 from mi_jax.defenses import registry
@@ -103,15 +105,16 @@ def _layout(config, image_shape) -> dict:
           'linear_layers': ('hidden_4',)}
 
 
-def extra_loss_for(config, *, num_classes: int = 10):
-  """The ``extra_loss`` of ``make_classifier_step`` for the active defense, or None."""
+def extra_loss_for(config, *, num_classes: int = 10, steps_per_epoch: Optional[int] = None):
+  """The ``extra_loss`` of ``make_classifier_step`` for the active defense, or None.
+  ``steps_per_epoch`` (the training data's) serves regularisers with an epoch schedule."""
   defense = registry.get(config.defense.name)
-  return None if defense.extra_loss is None else defense.extra_loss(config, num_classes)
+  return None if defense.extra_loss is None else defense.extra_loss(config, num_classes, steps_per_epoch)
 
 
-def classifier_step_for(config, *, num_classes: int = 10):
+def classifier_step_for(config, *, num_classes: int = 10, steps_per_epoch: Optional[int] = None):
   """``make_step(graphdef, tx)``: the active defense's supervised train step."""
   defense = registry.get(config.defense.name)
-  extra_loss = extra_loss_for(config, num_classes=num_classes)
+  extra_loss = extra_loss_for(config, num_classes=num_classes, steps_per_epoch=steps_per_epoch)
   return lambda graphdef, tx: make_classifier_step(graphdef, tx, extra_loss=extra_loss,
                                                    post_step=defense.post_step)

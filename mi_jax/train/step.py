@@ -19,8 +19,10 @@ def make_classifier_step(graphdef, tx: optax.GradientTransformation, *, extra_lo
   """Cross-entropy training of a target network, then the defense's post-step.
 
   ``extra_loss(activations, batch, key) -> (scalar, measurements)`` adds a
-  defense's regulariser (NoPeek, MID, BiDO) to the cross-entropy; it sees
-  every named activation of ``model.activations(..., train=True)``.
+  defense's regulariser (NoPeek, MID, BiDO, label smoothing) to the
+  cross-entropy; it sees every named activation of
+  ``model.activations(..., train=True)``, and ``batch`` also holds ``'step'``
+  (the optimiser step, for scheduled regularisers).
   ``post_step`` (a :class:`mi_jax.defenses.registry.PostStep`, or anything
   with ``collects`` and ``apply``): after the optimiser step,
   ``post_step.apply(model, sown)`` with what the forward pass sowed into the
@@ -48,7 +50,7 @@ def make_classifier_step(graphdef, tx: optax.GradientTransformation, *, extra_lo
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
       extra = {}
       if extra_loss is not None:
-        term, extra = extra_loss(activations, batch, extra_key)
+        term, extra = extra_loss(activations, {**batch, 'step': state['step']}, extra_key)
         extra = {'cross_entropy': loss, **extra}
         loss = loss + term
       _, _, model_state = split_model(model)

@@ -25,7 +25,8 @@ def test_every_name_is_registered_builds_and_validates():
   assert recipes == {'dp-sgd', 'transfer-learning', 'gan-augmentation', 'gan-opt'}
   # The order of grids and tables: the baseline first, then as registered.
   assert defenses.names() == ('no-defense', 'sparse-standard', 'sparse-guard', 'gaussian-noise', 'laplace-noise',
-                              'nopeek', 'mid', 'bido', 'dp-sgd', 'transfer-learning', 'gan-augmentation', 'gan-opt')
+                              'nopeek', 'mid', 'bido', 'dp-sgd', 'transfer-learning', 'gan-augmentation', 'gan-opt',
+                              'label-smoothing')
 
 
 def test_extra_loss_only_for_loss_defenses():
@@ -38,7 +39,7 @@ def test_extra_loss_only_for_loss_defenses():
 def test_config_blocks_are_lockable_and_named_for_the_sweep_knobs():
   blocks = defenses.config_blocks()
   assert set(blocks) == {'sparse_standard', 'gaussian_noise', 'laplace_noise', 'nopeek', 'mid', 'bido', 'dp_sgd',
-                         'transfer', 'gan_augmentation', 'gan_opt'}
+                         'transfer', 'gan_augmentation', 'gan_opt', 'label_smoothing'}
   # Sparse-Standard's one (first) sparse layer learns by backprop, as in the
   # SG paper's experiments (footnote 1).
   assert blocks['sparse_standard'].dictionary_update == 'gradient'
@@ -48,6 +49,7 @@ def test_config_blocks_are_lockable_and_named_for_the_sweep_knobs():
   assert blocks['nopeek'].weight == 0.1 and blocks['mid'].beta == 3e-3
   assert blocks['bido'].lambda_x == 0.05 and blocks['bido'].lambda_y == 0.5
   assert blocks['dp_sgd'].noise_multiplier == 1.1 and blocks['transfer'].freeze_depth == 2
+  assert blocks['label_smoothing'].alpha == -0.05
   config = defense_config('mid')
   config.lock()
   config.defense.mid.beta = 1e-2  # overridable from the command line
