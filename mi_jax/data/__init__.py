@@ -9,6 +9,8 @@ Public API:
   Datasets (reported on stderr). Prepare ahead with
   ``python -m mi_jax.data.prepare mnist fashion_mnist``.
 * :data:`DATASETS`, :class:`DatasetSpec`, :func:`register`: the registry.
+* :func:`register_local`: the user's own .npz or image folder as a dataset
+  (:mod:`mi_jax.data.local`).
 * :func:`sparse_guard_split`, :func:`load_sparse_guard`,
   :class:`ProtocolSplit`, :func:`stratified_subsample`: the 70/30 protocol.
 * :func:`batches`, :func:`local_batch`, :class:`Position`,
@@ -31,6 +33,7 @@ from mi_jax.data.batching import (
 )
 from mi_jax.data.cache import DataDirError, resolve_data_dir
 from mi_jax.data.idx import ChecksumError, parse_idx, read_idx
+from mi_jax.data.local import register_local
 from mi_jax.data.registry import (
     DATASETS,
     DataUnavailableError,
@@ -57,6 +60,7 @@ __all__ = [
     'DataDirError',
     'DataUnavailableError',
     'DatasetSpec',
+    'register_local',
     'Position',
     'ProtocolSplit',
     'RawFile',

@@ -31,6 +31,7 @@ from mi_jax.train.inference import apply_in_batches
 from mi_jax.train.state import make_optimizer, merge_model
 from mi_jax.utils import config_rules as rules
 from mi_jax.utils import results as results_io
+from mi_jax.utils import storage
 from mi_jax.experiments.figures import reconstruction_grid, tradeoff_figure
 from mi_jax.utils.metric_writer import MetricWriter
 from mi_jax.utils import workdir as workdir_lib
@@ -54,6 +55,13 @@ def _choices(options, what: str) -> rules.Rule:
   return rules.tuple_of(rules.one_of(options), min_length=1, text=f"a non-empty tuple of {what} from {tuple(options)}")
 
 
+# Checked against the registry when a config is validated, not at import: a
+# config file may register the user's own data (mi_jax.data.register_local).
+REGISTERED_DATASET = rules.Rule(
+    lambda v: isinstance(v, str) and v in mi_data.DATASETS,
+    "a registered dataset: 'mnist', 'fashion_mnist' or a name given to mi_jax.data.register_local")
+
+
 # Every field of configs/sparse_guard_mnist.py except those the defenses own
 # (their blocks ``config.defense.<block>``, checked by
 # :func:`mi_jax.defenses.validate`, and the fields they read under
@@ -62,7 +70,7 @@ def _choices(options, what: str) -> rules.Rule:
 # without a rule fails tests/hardening/config_validation_test.py.
 FIELDS = {
     'scale': rules.one_of(CONFIG_SCALES),
-    'dataset': rules.one_of(tuple(mi_data.DATASETS)),
+    'dataset': REGISTERED_DATASET,
     'seed': rules.integer(low=0),
     'protocol': rules.one_of(defenses.PROTOCOLS),
     'setting': rules.one_of(defenses.SETTINGS),
@@ -124,6 +132,8 @@ def _check_sweep_knob_values(config) -> None:
     # The knob's own type decides: transfer-learning freezes a whole number of layers.
     if isinstance(sweep.get_knob(config, defense), int):
       values = rules.tuple_of(rules.integer(low=0), min_length=1, text='a non-empty tuple of integers >= 0')
+    elif defenses.get(defense).knob.signed:
+      values = rules.tuple_of(rules.number(), min_length=1, text='a non-empty tuple of finite numbers')
     else:
       values = rules.tuple_of(rules.number(low=0), min_length=1, text='a non-empty tuple of finite numbers >= 0')
     check_fields(config, {f'sweep.knob_values.{key}': values})
@@ -234,7 +244,8 @@ def train_target(config, split, *, mesh, workdir, writer):
       labels=split.private_labels, batch_size=config.train.batch_size, epochs=config.train.epochs,
       seed=config.seed, mesh=mesh, workdir=workdir, writer=writer, phase='target',
       checkpoint_every=config.train.checkpoint_every_steps, log_every=config.train.log_every_steps,
-      make_step=defenses.classifier_step_for(config))
+      make_step=defenses.classifier_step_for(
+          config, steps_per_epoch=mi_data.steps_per_epoch(len(split.private_images), config.train.batch_size)))
   return graphdef, state, {}
 
 
@@ -274,7 +285,7 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
   ``judge`` (with ``judged_private``, the private images in its feature
   space) adds attack accuracy and KNN distance to the row.
   """
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   writer = MetricWriter(workdir)
   started = time.perf_counter()
   graphdef, state, row_extras = train_target(config, split, mesh=mesh, workdir=workdir, writer=writer)
@@ -436,7 +447,7 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
         row, figure = finished[name]
         print(f"    already done ({os.path.join(point_dir, 'row.json')})", flush=True)
       else:
-        os.makedirs(point_dir, exist_ok=True)
+        storage.makedirs(point_dir)
         if writes:
           results_io.write_json_atomic(os.path.join(point_dir, 'config.json'), point_json(point), overwrite=True)
         row, figure = run_point(point, split, mesh=mesh, workdir=point_dir, judge=judge,

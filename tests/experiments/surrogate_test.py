@@ -89,7 +89,7 @@ def test_a_point_rerun_after_its_row_was_lost_logs_its_result_once(tmp_path, syn
 
 
 @pytest.mark.parametrize('override,message', [
-    ('--config.dataset=cifar100', "dataset must be one of"),
+    ('--config.dataset=cifar100', "dataset must be a registered dataset: 'mnist', 'fashion_mnist' or a name"),
     ('--config.defense.name=magic', "defense.name must be one of ('no-defense', 'sparse-standard', 'sparse-guard', "),
     ('--config.defense.name=laplace-noise --config.defense.laplace_noise.scale=-1', "laplace_noise.scale"),
     ('--config.setting=middle', "setting must be one of ('end_to_end', 'split')"),
@@ -120,13 +120,16 @@ def test_every_loss_and_noise_defense_runs_through_the_grid(tmp_path, synthetic_
   """Each defense selectable by name lands as a row, with its knob value and symbol."""
   config = load_config('tiny')
   with config.unlocked():
-    config.sweep.defenses = ('no-defense', 'gaussian-noise', 'laplace-noise', 'nopeek', 'mid', 'bido')
+    config.sweep.defenses = ('no-defense', 'gaussian-noise', 'laplace-noise', 'nopeek', 'mid', 'bido',
+                             'label-smoothing')
     config.sweep.knob_values.laplace_noise = (0.5, 1.0)
+    config.sweep.knob_values.label_smoothing = (0.1, -0.05)
     config.attack.epochs = 1
   rows = experiment.run(config, str(tmp_path), mesh=mesh_of(8))
   labels = [(r['defense'], r['lam'], r['knob']) for r in rows]
   assert labels == [('no-defense', None, 'λ'), ('gaussian-noise', 0.5, 'σ'), ('laplace-noise', 0.5, 'b'),
-                    ('laplace-noise', 1.0, 'b'), ('nopeek', 0.1, 'w'), ('mid', 0.003, 'β'), ('bido', None, 'λ')]
+                    ('laplace-noise', 1.0, 'b'), ('nopeek', 0.1, 'w'), ('mid', 0.003, 'β'), ('bido', None, 'λ'),
+                    ('label-smoothing', 0.1, 'α'), ('label-smoothing', -0.05, 'α')]
   assert all(0 <= r['accuracy'] <= 1 and np.isfinite(r['psnr']) for r in rows)
   table = (tmp_path / 'results.md').read_text()
   assert 'laplace-noise (b=1)' in table and 'Trade-off against no-defense' in table
@@ -250,7 +253,7 @@ def toy_defense():
   def block():
     return config_dict.ConfigDict({'sigma': 0.1, 'weight': 0.01})
 
-  def extra_loss(config, num_classes):
+  def extra_loss(config, num_classes, steps_per_epoch):
     weight = float(config.defense.toy_defense.weight)
     def loss(activations, batch, key):
       penalty = jnp.mean(activations['logits'] ** 2)
