@@ -123,6 +123,19 @@ def get_config(arg: str = 'small'):
   c.ppa.transform_rotation = 10.0
   c.ppa.transform_flip = 0.0  # a flipped digit can be another digit
 
+  # LOMMA (Nguyen et al. 2023; mi_jax.attacks.lomma), for the attacks
+  # 'gmi+lomma' and 'kedmi+lomma' (add them to c.attacks).
+  c.lomma = config_dict.ConfigDict()
+  c.lomma.variant = 'both'  # 'logit' (L_logit), 'aug' (L_aug) or 'both' (the authors' "ours")
+  c.lomma.reg_weight = 1.0  # λ_reg of the feature regulariser (the authors' attack configs' lam)
+  c.lomma.p_reg_images = 5000  # public images whose mean feature is p_reg (their get_act_reg's Nsample)
+  c.lomma.students = 3  # the authors distil 3 (EfficientNet-B0..B2)
+  c.lomma.student_epochs = 20  # their train_augmodel: 20 epochs
+  # Adam for the students (SGD 0.01 with a 20-epoch step schedule in their
+  # code, sized for faces; Adam converges in the few epochs a CPU run has).
+  c.lomma.student_learning_rate = 1e-3
+  c.lomma.temperature = 1.0  # their KD temperature
+
   c.evaluation = config_dict.ConfigDict()
   c.evaluation.judge_scale = scale  # mi_jax.judge's scale
   # Where judges are trained/cached; None: <workdir>/judge. Point several runs at one folder to share it.
@@ -178,4 +191,6 @@ def _small(c, *, tiny: bool):
   c.ppa.final = 2 if tiny else 5
   c.ppa.selection_transforms = 4 if tiny else 20
   c.evaluation.fid_batch_size = 16 if tiny else 64
+  c.lomma.students = 1 if tiny else 3
+  c.lomma.student_epochs = 1 if tiny else 5
   c.evaluation.fid_private_limit = 32 if tiny else 250

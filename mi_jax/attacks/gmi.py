@@ -44,6 +44,14 @@ def gmi_loss(logits, prior_logit, labels, *, lam: float):
   return lam * latent.identity_loss(logits, labels) - prior_logit
 
 
+def gmi_objective(images, labels, *, target: Callable, discriminator: Callable, lam: float,
+                  identity: Optional[Callable] = None):
+  """Per-latent λ·L_id(G(z), y) − D(G(z)): L_id is −log P_T(y | x) unless ``identity`` is given."""
+  if identity is None:
+    return gmi_loss(target(images), discriminator(images), labels, lam=lam)
+  return lam * identity(images, labels) - discriminator(images)
+
+
 def gmi_attack(
     *,
     target: Callable,
@@ -62,8 +70,12 @@ def gmi_attack(
     optimizer: str = 'sgd',
     log_every: int = 100,
     writer=None,
+    identity: Optional[Callable] = None,
 ) -> latent.AttackResult:
   """Inverts each of ``classes`` ``attacks_per_class`` times.
+
+  ``identity(images, labels) -> per-example loss`` replaces the identity
+  term −log P_T(y | x) (LOMMA's, :func:`mi_jax.attacks.lomma.identity_fn`).
 
   ``learning_rate`` is the per-latent step η (module docstring), not the
   reference code's lr on a batch mean.
@@ -78,8 +90,7 @@ def gmi_attack(
   z0 = np.asarray(jax.random.normal(init_key, (len(labels), latent_dim)))
 
   def loss_fn(z, y, _extras, _key):
-    images = generator(z)
-    return gmi_loss(target(images), discriminator(images), y, lam=lam)
+    return gmi_objective(generator(z), y, target=target, discriminator=discriminator, lam=lam, identity=identity)
 
   result = latent.optimize_latents(
       loss_fn=loss_fn, init=z0, labels=labels,

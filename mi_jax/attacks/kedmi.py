@@ -30,7 +30,7 @@ The TL-DMI code's variant clamps z inside the loss; we follow the paper.)
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -52,15 +52,18 @@ def kedmi_prior_loss(lse_logit):
   return jax.nn.softplus(-lse_logit)
 
 
-def kedmi_loss(params, labels, key, *, target: Callable, generator: Callable, discriminator: Callable, lam: float):
+def kedmi_loss(params, labels, key, *, target: Callable, generator: Callable, discriminator: Callable, lam: float,
+               identity: Optional[Callable] = None):
   """Per-distribution λ·CE(T(G(z)), y) + softplus(−lse(l(G(z)))), z = μ + σ ε (module docstring).
 
   ``params = {'mu': (rows, d), 'log_var': (rows, d)}``; ε is
-  ``jax.random.normal(key, mu.shape)``.
+  ``jax.random.normal(key, mu.shape)``. ``identity(images, labels)``
+  replaces the CE term (LOMMA's, :func:`mi_jax.attacks.lomma.identity_fn`).
   """
   images = generator(reparameterize(params['mu'], params['log_var'], key))
   lse, _ = discriminator(images)
-  return lam * latent.identity_loss(target(images), labels) + kedmi_prior_loss(lse)
+  term = latent.identity_loss(target(images), labels) if identity is None else identity(images, labels)
+  return lam * term + kedmi_prior_loss(lse)
 
 
 def kedmi_attack(
@@ -79,6 +82,7 @@ def kedmi_attack(
     init_log_var: float = DEFAULTS['init_log_var'],
     log_every: int = 100,
     writer=None,
+    identity: Optional[Callable] = None,
 ) -> latent.AttackResult:
   """Learns N(μ, σ²) per class; returns ``samples_per_class`` unclamped samples of each.
 
@@ -95,7 +99,8 @@ def kedmi_attack(
           'log_var': np.full((len(classes), latent_dim), init_log_var, np.float32)}
 
   def loss_fn(w, y, _extras, step_key):
-    return kedmi_loss(w, y, step_key, target=target, generator=generator, discriminator=discriminator, lam=lam)
+    return kedmi_loss(w, y, step_key, target=target, generator=generator, discriminator=discriminator, lam=lam,
+                      identity=identity)
 
   result = latent.optimize_latents(
       loss_fn=loss_fn, init=init, labels=classes,

@@ -64,6 +64,16 @@ def target_logits_fn(graphdef, state) -> Callable:
   return logits
 
 
+def target_activations_fn(graphdef, state) -> Callable:
+  """``images [0, 1] NHWC -> named activations`` (``'last_hidden'``, ``'logits'``, …) in inference mode."""
+  from mi_jax.train.state import merge_model
+
+  def activations(images):
+    return merge_model(graphdef, state['params'], state['model_state']).activations(images, train=False)
+
+  return activations
+
+
 def identity_loss(logits, labels):
   """−log P_T(y | x) per example."""
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)

@@ -55,7 +55,7 @@ from mi_jax import defenses
 from mi_jax.experiments import common, evaluation, sweep, tables
 from mi_jax.experiments import surrogate as experiment
 from mi_jax.judge import SCALES as JUDGE_SCALES
-from mi_jax.attacks import gmi, kedmi, latent, ppa
+from mi_jax.attacks import gmi, kedmi, latent, lomma, ppa
 from mi_jax.models.sparse_coding import SCL_GRADS
 from mi_jax.train import gan
 from mi_jax.train.inference import apply_in_batches
@@ -66,8 +66,11 @@ from mi_jax.utils import workdir as workdir_lib
 from mi_jax.experiments.figures import reconstruction_grid
 from mi_jax.utils.metric_writer import MetricWriter
 
-ATTACKS = ('gmi', 'kedmi', 'ppa')
-ATTACK_TITLES = {'gmi': 'GMI', 'kedmi': 'KEDMI', 'ppa': 'PPA'}
+# 'gmi+lomma', 'kedmi+lomma': the same attacks with LOMMA's identity loss
+# (mi_jax.attacks.lomma; config.lomma), on the same GANs and targets.
+ATTACKS = ('gmi', 'kedmi', 'ppa', 'gmi+lomma', 'kedmi+lomma')
+ATTACK_TITLES = {'gmi': 'GMI', 'kedmi': 'KEDMI', 'ppa': 'PPA', 'gmi+lomma': 'GMI+LOMMA',
+                 'kedmi+lomma': 'KEDMI+LOMMA'}
 GAN_LOSSES = {'gmi': ('wgan-gp', 'dcgan'), 'ppa': ('wgan-gp', 'dcgan')}
 
 
@@ -82,9 +85,14 @@ def _digits(min_length: int, what: str) -> rules.Rule:
   return rules.tuple_of(rules.integer(low=0, high=9), min_length=min_length, text=f'{what} in [0, 9]')
 
 
+def base_attack(attack: str) -> str:
+  """'gmi+lomma' → 'gmi': the attack whose config block, GAN and optimiser a variant uses."""
+  return attack.split('+')[0]
+
+
 def _per_class(attack: str) -> str:
   """The field of ``attack``'s block that sets its reconstructions per class."""
-  return {'gmi': 'attacks_per_class', 'kedmi': 'samples_per_class', 'ppa': 'final'}[attack]
+  return {'gmi': 'attacks_per_class', 'kedmi': 'samples_per_class', 'ppa': 'final'}[base_attack(attack)]
 
 
 # Every field of configs/gan_attacks_mnist.py that the main experiment's
@@ -133,6 +141,13 @@ FIELDS = {
     'ppa.transform_ratio': rules.tuple_of(rules.number(above=0), length=2, text='(low, high) with 0 < low <= high'),
     'ppa.transform_rotation': rules.number(low=0, high=180),
     'ppa.transform_flip': rules.number(low=0, high=1),
+    'lomma.variant': rules.one_of(lomma.VARIANTS),
+    'lomma.reg_weight': rules.number(low=0),
+    'lomma.p_reg_images': rules.integer(low=1),
+    'lomma.students': rules.integer(low=0),
+    'lomma.student_epochs': rules.integer(low=1),
+    'lomma.student_learning_rate': rules.number(above=0),
+    'lomma.temperature': rules.number(above=0),
     'evaluation.judge_scale': rules.one_of(tuple(JUDGE_SCALES)),
     'evaluation.judge_dir': rules.optional(rules.TEXT),
     'evaluation.fid': rules.BOOLEAN,
@@ -195,9 +210,9 @@ def validate_config(config, *, num_devices: int, sizes=None) -> None:
     low, high = config.ppa[field]
     _check(low <= high, f"ppa.{field} must be (low, high) with low <= high, got {(low, high)!r}")
   for attack in config.attacks:
-    per_class = config[attack][_per_class(attack)]
+    per_class = config[base_attack(attack)][_per_class(attack)]
     _check(config.evaluation.figure_attacks <= per_class,
-           f"evaluation.figure_attacks must be at most {attack}.{_per_class(attack)} = {per_class} "
+           f"evaluation.figure_attacks must be at most {base_attack(attack)}.{_per_class(attack)} = {per_class} "
            f"(the reconstructions per class), got {config.evaluation.figure_attacks!r}")
 
 
@@ -210,7 +225,7 @@ def _point_config(config, defense: str, *, grad=None):
   return point.lock()
 
 
-def attack_target_fn(config, defense: str, graphdef, state, image_shape):
+def attack_target_fn(config, defense: str, graphdef, state, image_shape, *, activations: bool = False):
   """The target as the white-box attacker differentiates it.
 
   Small configs train the sparse layers forward-only (``defense.grad='stop'``
@@ -219,13 +234,14 @@ def attack_target_fn(config, defense: str, graphdef, state, image_shape):
   same parameters in a graph built with ``config.attack_grad`` (default
   'unroll': exact gradients through the LCA iterations).
   """
+  make = latent.target_activations_fn if activations else latent.target_logits_fn
   if config.attack_grad == config.defense.grad or not defenses.get(defense).sparse_coding:
-    return latent.target_logits_fn(graphdef, state)
+    return make(graphdef, state)
   from flax import nnx
   point = _point_config(config, defense, grad=config.attack_grad)
   model = defenses.build_target(point, image_shape, 10, rngs=nnx.Rngs(0))
   attack_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
-  return latent.target_logits_fn(attack_graphdef, state)
+  return make(attack_graphdef, state)
 
 
 # --------------------------------------------------------------------------- data
@@ -280,10 +296,17 @@ def _private_softmax(target, images, private_classes, *, mesh, batch_size):
 # --------------------------------------------------------------------------- attacks
 
 
-def run_attack(name, config, *, target, gans, mesh, key, writer):
-  """One attack on every private class → :class:`mi_jax.attacks.latent.AttackResult`."""
+def run_attack(name, config, *, target, gans, mesh, key, writer, identity=None):
+  """One attack on every private class → :class:`mi_jax.attacks.latent.AttackResult`.
+
+  ``identity``: the '+lomma' variants' identity loss (:func:`lomma_identity`)."""
   classes = tuple(config.private_classes)
   latent_dim = config.gan.latent_dim
+  if name not in ATTACKS:
+    raise ValueError(f"attack must be one of {ATTACKS}, got {name!r}")
+  if name.endswith('+lomma') and identity is None:
+    raise ValueError(f"attack {name!r} needs LOMMA's identity loss")
+  name = base_attack(name)
   if name == 'gmi':
     g = gans['gmi']
     block = config.gmi
@@ -292,7 +315,7 @@ def run_attack(name, config, *, target, gans, mesh, key, writer):
         discriminator=gan.discriminator_fn(g.discriminator_graphdef, g.discriminator_state), classes=classes,
         latent_dim=latent_dim, mesh=mesh, key=key, attacks_per_class=block.attacks_per_class,
         iterations=block.iterations, learning_rate=block.learning_rate, momentum=block.momentum, lam=block.lam,
-        clip=block.clip, writer=writer)
+        clip=block.clip, writer=writer, identity=identity)
   if name == 'kedmi':
     g = gans['kedmi']
     block = config.kedmi
@@ -301,7 +324,7 @@ def run_attack(name, config, *, target, gans, mesh, key, writer):
         discriminator=gan.discriminator_fn(g.discriminator_graphdef, g.discriminator_state), classes=classes,
         latent_dim=latent_dim, mesh=mesh, key=key, samples_per_class=block.samples_per_class,
         iterations=block.iterations, learning_rate=block.learning_rate, lam=block.lam,
-        init_log_var=block.init_log_var, writer=writer)
+        init_log_var=block.init_log_var, writer=writer, identity=identity)
   if name == 'ppa':
     g = gans['ppa']
     block = config.ppa
@@ -314,6 +337,59 @@ def run_attack(name, config, *, target, gans, mesh, key, writer):
         iterations=block.iterations, learning_rate=block.learning_rate, clip=block.clip,
         selection_transforms=block.selection_transforms, transform=spec, writer=writer)
   raise ValueError(f"attack must be one of {ATTACKS}, got {name!r}")
+
+
+def train_students(config, defense, teacher, public_images, *, mesh, workdir) -> list:
+  """LOMMA's model augmentation: ``config.lomma.students`` MLPs of the
+  target's family at widths ½×, 1×, 2×, 4×, … of ``model.hidden_width``,
+  distilled from ``teacher`` (images → logits) on the public images.
+  Returns ``[(logits fn, agreement with the teacher on the public images)]``."""
+  from flax import nnx
+  from mi_jax.train.classifier import train_classifier
+  from mi_jax.train.state import make_optimizer
+  teacher_logits = np.asarray(apply_in_batches(jax.jit(lambda x: teacher(gan.to_unit(x))), (public_images,),
+                                               batch_size=config.gan.batch_size, mesh=mesh), np.float32)
+  students = []
+  for k in range(config.lomma.students):
+    point = _point_config(config, 'no-defense').copy_and_resolve_references()
+    point.unlock()
+    point.model.hidden_width = max(1, int(config.model.hidden_width * 2.0 ** (k - 1)))
+    point.train.optimizer, point.train.learning_rate = 'adam', config.lomma.student_learning_rate
+    model = defenses.build_target(point, tuple(public_images.shape[1:]), 10, rngs=nnx.Rngs(config.seed + 101 + k))
+    student_dir = os.path.join(workdir, f'student_{k}')
+    graphdef, state = train_classifier(
+        model=model, tx=make_optimizer(point.train), images=public_images, labels=teacher_logits,
+        batch_size=config.gan.batch_size, epochs=config.lomma.student_epochs, seed=config.seed + 101 + k,
+        mesh=mesh, workdir=student_dir, writer=MetricWriter(student_dir), phase=f'student_{k}',
+        checkpoint_every=config.gan.checkpoint_every_steps, log_every=config.gan.log_every_steps,
+        make_step=lambda g, tx: lomma.make_distillation_step(g, tx, temperature=config.lomma.temperature))
+    logits_fn = latent.target_logits_fn(graphdef, state)
+    student_logits = apply_in_batches(jax.jit(lambda x, f=logits_fn: f(gan.to_unit(x))), (public_images,),
+                                      batch_size=config.gan.batch_size, mesh=mesh)
+    agreement = float(np.mean(np.argmax(np.asarray(student_logits), -1) == np.argmax(teacher_logits, -1)))
+    students.append((logits_fn, agreement))
+  return students
+
+
+def lomma_identity(config, defense, graphdef, state, public_images, *, mesh, workdir, cache: dict):
+  """(LOMMA's identity loss for this target, its row fields); built once per target (``cache``)."""
+  if 'identity' not in cache:
+    block = config.lomma
+    image_shape = tuple(public_images.shape[1:])
+    activations = attack_target_fn(config, defense, graphdef, state, image_shape, activations=True)
+    logit_loss = block.variant in ('logit', 'both')
+    p_reg = lomma.feature_mean(activations, public_images, limit=block.p_reg_images,
+                               batch_size=config.gan.batch_size, mesh=mesh) if logit_loss else None
+    students = []
+    if block.variant in ('aug', 'both') and block.students:
+      teacher = latent.target_logits_fn(graphdef, state)
+      students = train_students(config, defense, teacher, public_images, mesh=mesh, workdir=workdir)
+    cache['identity'] = lomma.identity_fn(target_activations=activations, students=[f for f, _ in students],
+                                          logit_loss=logit_loss, reg_weight=block.reg_weight, p_reg=p_reg)
+    cache['fields'] = {'lomma_variant': block.variant, 'lomma_students': len(students),
+                       'lomma_student_agreement': [round(a, 4) for _, a in students],
+                       'lomma_reg_weight': float(block.reg_weight) if logit_loss else None}
+  return cache['identity'], cache['fields']
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -346,7 +422,8 @@ def _figure(result, figure_attacks: int, classes) -> dict:
 
 
 def _attack_key(config, defense_index: int, attack: str):
-  return jax.random.fold_in(jax.random.key(config.seed + 101), 10 * defense_index + ATTACKS.index(attack))
+  # A '+lomma' variant starts from its base attack's latents: a paired comparison.
+  return jax.random.fold_in(jax.random.key(config.seed + 101), 10 * defense_index + ATTACKS.index(base_attack(attack)))
 
 
 def _check_workdir(config, workdir) -> dict:
@@ -380,11 +457,12 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
 def _run_points(config, workdir, *, mesh, split, public_images, public_labels, finished, writes) -> list[dict]:
   judge, judge_note = load_judge(config, workdir, mesh)
   gans = {}
-  if 'gmi' in config.attacks:
+  bases = {base_attack(a) for a in config.attacks}
+  if 'gmi' in bases:
     gans['gmi'] = _train_gan(config, os.path.join(workdir, 'gans', 'gmi'), images=public_images, mesh=mesh,
                              epochs=config.gmi.gan_epochs, loss=config.gmi.gan_loss, n_critic=config.gmi.n_critic,
                              phase='gan_gmi')
-  if 'ppa' in config.attacks:
+  if 'ppa' in bases:
     gans['ppa'] = _train_gan(config, os.path.join(workdir, 'gans', 'ppa'), images=public_images,
                              labels=public_labels, conditional=True, mesh=mesh, epochs=config.ppa.gan_epochs,
                              loss=config.ppa.gan_loss, phase='gan_ppa')
@@ -404,6 +482,7 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
                                   batch_size=config.attack.batch_size, mesh=mesh)
     target = attack_target_fn(point, defense, graphdef, state, tuple(split.private_images.shape[1:]))
     target_seconds = time.perf_counter() - started
+    lomma_cache = {}
     for attack in config.attacks:
       attack_dir = os.path.join(point_dir, attack)
       row_path = os.path.join(attack_dir, 'row.json')
@@ -413,14 +492,19 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
       else:
         storage.makedirs(attack_dir)
         attack_started = time.perf_counter()
-        if attack == 'kedmi':
+        if base_attack(attack) == 'kedmi':
           soft = _private_softmax(target, public_images, classes, mesh=mesh, batch_size=config.gan.batch_size)
           gans['kedmi'] = _train_gan(config, os.path.join(point_dir, 'gans', 'kedmi'), images=public_images,
                                      soft_labels=soft, mesh=mesh, epochs=config.kedmi.gan_epochs, loss='kedmi',
                                      n_critic=config.kedmi.n_critic, phase='gan_kedmi')
+        identity, lomma_fields = None, {}
+        if attack.endswith('+lomma'):
+          identity, lomma_fields = lomma_identity(point, defense, graphdef, state, public_images, mesh=mesh,
+                                                  workdir=os.path.join(point_dir, 'lomma'), cache=lomma_cache)
         # The attacks address private classes by their target logit index.
         result = run_attack(attack, config, target=target, gans=gans, mesh=mesh,
-                            key=_attack_key(config, d_index, attack), writer=MetricWriter(attack_dir))
+                            key=_attack_key(config, d_index, attack), writer=MetricWriter(attack_dir),
+                            identity=identity)
         metrics = evaluate(result.images, result.labels, split.private_images, split.private_labels,
                            judge=judge, judge_note=judge_note, config=config, mesh=mesh, cache=cache,
                            unoptimized=result.initial_images)
@@ -428,7 +512,8 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
             'dataset': config.dataset, 'defense': defense, **sweep.knob_fields(point, defense), 'attack': attack, 'seed': config.seed, 'accuracy': natural,
             **metrics, 'target_accuracy_on_reconstructions': float(np.mean(
                 np.argmax(np.asarray(jax.jit(target)(jnp.asarray(result.images))), -1) == result.labels)),
-            'n_reconstructions': int(len(result.labels)), 'iterations': int(config[attack].iterations),
+            'n_reconstructions': int(len(result.labels)),
+            'iterations': int(config[base_attack(attack)].iterations), **lomma_fields,
             'attack_grad': config.attack_grad if defenses.get(defense).sparse_coding else None,
             'n_private': int(len(split.private_labels)), 'n_public': int(len(public_labels)),
             'config_hash': results_io.config_hash(common.config_json(point)), 'code_version': results_io.code_version(),

@@ -67,6 +67,18 @@ def test_tiny_run_writes_rows_table_and_grid_and_resumes(tmp_path, synthetic_dat
   assert again == rows
 
 
+def test_lomma_variant_runs_beside_its_base_attack_from_the_same_latents(tmp_path, synthetic_data):
+  config = _config(attacks=('gmi', 'gmi+lomma'), **{'gmi.iterations': 3})
+  rows = gan_experiment.run(config, str(tmp_path), mesh=mesh_of(2))
+  _check_rows(rows, tmp_path, ('gmi', 'gmi+lomma'), ('no-defense',))
+  base, variant = rows
+  assert variant['lomma_variant'] == 'both' and variant['lomma_students'] == 1
+  assert 0.0 <= variant['lomma_student_agreement'][0] <= 1.0 and variant['lomma_reg_weight'] == 1.0
+  # Paired: the same starting latents, hence the same unoptimised baseline.
+  assert variant['attack_top1_unoptimized'] == base['attack_top1_unoptimized']
+  assert (tmp_path / 'points' / 'no-defense' / 'lomma' / 'student_0').is_dir()
+
+
 @pytest.mark.slow
 def test_every_attack_against_two_defenses(tmp_path, synthetic_data):
   rows = gan_experiment.run(_config(defenses=('no-defense', 'sparse-guard')), str(tmp_path), mesh=mesh_of(2))
