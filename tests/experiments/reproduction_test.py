@@ -67,6 +67,17 @@ def test_claims_4_5_and_7():
   assert rep.claim_training_cost(_table(**{'sparse-guard (λ=0.5)': {'target_seconds': 25.0}}))[0] == rep.REFUTED
 
 
+def test_claim_6_needs_the_gap_in_both_settings_and_of_equal_size():
+  split = _table()  # SG 15.0 vs no-defense 20.0: a 5 dB gap
+  same = rep.Cell('mnist', 'corrected', 'end_to_end', split.rows)
+  assert rep.claim_both_settings(split, same)[0] == rep.SUPPORTED
+  smaller = rep.Cell('mnist', 'corrected', 'end_to_end', _table(**{'sparse-guard (λ=0.5)': {'psnr': 18.0}}).rows)
+  outcome, text = rep.claim_both_settings(split, smaller)
+  assert outcome == rep.REFUTED and '2.5× larger split' in text
+  gone = rep.Cell('mnist', 'corrected', 'end_to_end', _table(**{'sparse-guard (λ=0.5)': {'psnr': 20.0}}).rows)
+  assert rep.claim_both_settings(split, gone)[0] == rep.REFUTED
+
+
 def test_verdicts_combine_every_cell_and_say_when_cells_are_missing():
   split = _table()
   end_to_end = rep.Cell('mnist', 'corrected', 'end_to_end', split.rows)
