@@ -339,7 +339,7 @@ def run_attack(name, config, *, target, gans, mesh, key, writer, identity=None):
   raise ValueError(f"attack must be one of {ATTACKS}, got {name!r}")
 
 
-def train_students(config, defense, teacher, public_images, *, mesh, workdir) -> list:
+def train_students(config, teacher, public_images, *, mesh, workdir) -> list:
   """LOMMA's model augmentation: ``config.lomma.students`` MLPs of the
   target's family at widths ½×, 1×, 2×, 4×, … of ``model.hidden_width``,
   distilled from ``teacher`` (images → logits) on the public images.
@@ -351,8 +351,8 @@ def train_students(config, defense, teacher, public_images, *, mesh, workdir) ->
                                                batch_size=config.gan.batch_size, mesh=mesh), np.float32)
   students = []
   for k in range(config.lomma.students):
-    point = _point_config(config, 'no-defense').copy_and_resolve_references()
-    point.unlock()
+    point = config.copy_and_resolve_references()  # the target's config, as no-defense at another width
+    point.defense.name = 'no-defense'
     point.model.hidden_width = max(1, int(config.model.hidden_width * 2.0 ** (k - 1)))
     point.train.optimizer, point.train.learning_rate = 'adam', config.lomma.student_learning_rate
     model = defenses.build_target(point, tuple(public_images.shape[1:]), 10, rngs=nnx.Rngs(config.seed + 101 + k))
@@ -383,7 +383,7 @@ def lomma_identity(config, defense, graphdef, state, public_images, *, mesh, wor
     students = []
     if block.variant in ('aug', 'both') and block.students:
       teacher = latent.target_logits_fn(graphdef, state)
-      students = train_students(config, defense, teacher, public_images, mesh=mesh, workdir=workdir)
+      students = train_students(config, teacher, public_images, mesh=mesh, workdir=workdir)
     cache['identity'] = lomma.identity_fn(target_activations=activations, students=[f for f, _ in students],
                                           logit_loss=logit_loss, reg_weight=block.reg_weight, p_reg=p_reg)
     cache['fields'] = {'lomma_variant': block.variant, 'lomma_students': len(students),
@@ -483,6 +483,7 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
     target = attack_target_fn(point, defense, graphdef, state, tuple(split.private_images.shape[1:]))
     target_seconds = time.perf_counter() - started
     lomma_cache = {}
+    kedmi_trained = False  # this target's KEDMI GAN serves 'kedmi' and 'kedmi+lomma'
     for attack in config.attacks:
       attack_dir = os.path.join(point_dir, attack)
       row_path = os.path.join(attack_dir, 'row.json')
@@ -492,7 +493,8 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
       else:
         storage.makedirs(attack_dir)
         attack_started = time.perf_counter()
-        if base_attack(attack) == 'kedmi':
+        if base_attack(attack) == 'kedmi' and not kedmi_trained:
+          kedmi_trained = True
           soft = _private_softmax(target, public_images, classes, mesh=mesh, batch_size=config.gan.batch_size)
           gans['kedmi'] = _train_gan(config, os.path.join(point_dir, 'gans', 'kedmi'), images=public_images,
                                      soft_labels=soft, mesh=mesh, epochs=config.kedmi.gan_epochs, loss='kedmi',
