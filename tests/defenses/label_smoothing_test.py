@@ -35,6 +35,44 @@ def test_loss_is_cross_entropy_against_the_smoothed_labels(alpha):
   assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
 
 
+def test_the_uniform_term_averages_over_the_trained_classes_only():
+  # A 10-way head trained on 5 classes: y_LS puts α/5 on each trained class and
+  # nothing on the others, so a negative α cannot push the untrained logits to −∞.
+  rng = np.random.default_rng(2)
+  trained = (0, 1, 2, 3, 4)
+  logits64 = rng.standard_normal((6, 10)) * 3
+  labels = rng.integers(0, 5, 6)
+  log_p = logits64 - logits64.max(1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+  alpha = -0.05
+  y_ls = (1 - alpha) * np.eye(10)[labels] + alpha / 5 * np.isin(np.arange(10), trained)
+  expected = float(np.mean(-(y_ls * log_p).sum(1)))
+  extra = ls.make_extra_loss(alpha=alpha, epochs=1, steps_per_epoch=1, warmup_fraction=0.0, ramp_fraction=0.0,
+                             trained_classes=trained)
+  logits = jnp.asarray(logits64, jnp.float32)
+  term, _ = extra({'logits': logits}, {'label': jnp.asarray(labels), 'step': 0}, None)
+  got = float(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(labels)).mean() + term)
+  assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_the_config_route_passes_the_private_classes_of_the_gan_attack_protocol():
+  config = defense_config('label-smoothing')
+  config.defense.label_smoothing.alpha = -0.05
+  config.unlock()
+  config.private_classes = (0, 1)
+  rng = np.random.default_rng(3)
+  logits = jnp.asarray(rng.standard_normal((4, 10)), jnp.float32)
+  labels = jnp.asarray([0, 1, 0, 1])
+  extra = ls.extra_loss_of(config, 10, steps_per_epoch=1)
+  explicit = ls.make_extra_loss(alpha=-0.05, epochs=config.train.epochs, steps_per_epoch=1, warmup_fraction=0.5,
+                                ramp_fraction=0.25, trained_classes=(0, 1))
+  batch = {'label': labels, 'step': 10 ** 6}
+  assert float(extra({'logits': logits}, batch, None)[0]) == float(explicit({'logits': logits}, batch, None)[0])
+  assert float(explicit({'logits': logits}, batch, None)[0]) != float(
+      ls.make_extra_loss(alpha=-0.05, epochs=config.train.epochs, steps_per_epoch=1, warmup_fraction=0.5,
+                         ramp_fraction=0.25)({'logits': logits}, batch, None)[0])
+
+
 def test_gradient_with_respect_to_the_logits_is_p_minus_the_smoothed_labels():
   rng = np.random.default_rng(1)
   logits = jnp.asarray(rng.standard_normal((4, 10)), jnp.float32)
