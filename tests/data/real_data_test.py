@@ -70,3 +70,14 @@ def test_debian_fashion_files_verify_when_installed(tmp_path):
   arrays = route.fetch(spec, sources.FetchContext(tmp_path))
   for split in spec.splits:
     registry.verify_arrays(spec, split, *arrays[split], origin=route.name)
+
+
+def test_real_medical_mnist_matches_the_documented_sizes():
+  _require_prepared('medical_mnist')
+  spec = registry.get_spec('medical_mnist')
+  for split in ('train', 'test'):
+    images, labels = mi_jax.data.load('medical_mnist', split)
+    assert images.shape == (spec.splits[split].num_examples, 28, 28, 1)
+    assert tuple(np.bincount(labels, minlength=6)) == spec.splits[split].class_counts
+  s = mi_jax.data.load_sparse_guard('medical_mnist', seed=0)
+  assert len(s.private_labels) + len(s.heldout_labels) == 58954

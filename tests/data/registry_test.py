@@ -48,7 +48,7 @@ def test_routes_are_in_the_documented_order():
 
 
 @pytest.mark.parametrize('name,split,pattern', [
-    ('cifar10', 'train', r"name must be one of \('mnist', 'fashion_mnist'.*\), got 'cifar10'"),
+    ('imagenet', 'train', r"name must be one of \('mnist', 'fashion_mnist'.*\), got 'imagenet'"),
     ('mnist', 'validation', r"split must be one of \('train', 'test'\), got 'validation'"),
 ])
 def test_bad_name_or_split_is_a_one_line_value_error(tmp_path, name, split, pattern):
