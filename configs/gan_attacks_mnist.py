@@ -1,4 +1,4 @@
-"""White-box GAN-prior attacks (GMI, KEDMI, PPA) against defended targets, MNIST scale.
+"""GAN-prior attacks (GMI, KEDMI, PPA; LOMMA; label-only BREP-MI) against defended targets, MNIST scale.
 
 The TL-style protocol (Ho et al., TL-DMI, App. D) at digit scale: private =
 digits 0–4 (the targets train on them; their test digits 0–4 measure natural
@@ -123,6 +123,29 @@ def get_config(arg: str = 'small'):
   c.ppa.transform_rotation = 10.0
   c.ppa.transform_flip = 0.0  # a flipped digit can be another digit
 
+  # BREP-MI (Kahla et al. 2022; mi_jax.attacks.brep_mi), the label-only
+  # attack 'brep', on GMI's generator. The authors' config2.yaml values.
+  c.brep = config_dict.ConfigDict()
+  c.brep.attacks_per_class = 5  # the authors attack each class once; 5 matches GMI's rows here
+  c.brep.sphere_points = 32  # N
+  c.brep.initial_radius = 2.0  # R₀
+  c.brep.expansion = 1.3  # γ
+  c.brep.expand_fraction = 0.75  # R grows when more than this share of the sphere is in class
+  c.brep.max_iters_at_radius = 1000  # accepted steps at one radius before the walk stops
+  # R > 16.3 (eight expansions) stops the walk: the re-run of BREP-MI in the
+  # PPDG-MI code; the authors' release has no cap. None: no cap.
+  c.brep.max_radius = config_dict.placeholder(float)
+  c.brep.max_radius = 16.3
+  c.brep.max_passes = 10_000  # ours: the authors' loop has no bound
+  c.brep.max_step = 3.0  # α = min(R/3, 3)
+  c.brep.clip = config_dict.placeholder(float)
+  c.brep.clip = 1.5  # latents clamped to ±1.5, the authors' z range
+  c.brep.init_batch_size = 256  # draws per batch when searching the in-class starting points
+  c.brep.max_init_batches = 1000  # ours: the authors search without bound
+  # The image scored: the point where the in-class radius last grew (the
+  # authors' scoring), or 'final' (where the walk stopped).
+  c.brep.point = 'last_expansion'
+
   # LOMMA (Nguyen et al. 2023; mi_jax.attacks.lomma), for the attacks
   # 'gmi+lomma' and 'kedmi+lomma' (add them to c.attacks).
   c.lomma = config_dict.ConfigDict()
@@ -190,6 +213,11 @@ def _small(c, *, tiny: bool):
   c.ppa.candidates = 4 if tiny else 10
   c.ppa.final = 2 if tiny else 5
   c.ppa.selection_transforms = 4 if tiny else 20
+  # A walk costs N + 1 label queries per pass; shorter walks on CPU (R still grows by γ).
+  c.brep.attacks_per_class = 2 if tiny else 5
+  c.brep.max_iters_at_radius = 5 if tiny else 100
+  c.brep.max_passes = 20 if tiny else 1500
+  c.brep.max_init_batches = 2 if tiny else 1000
   c.evaluation.fid_batch_size = 16 if tiny else 64
   c.lomma.students = 1 if tiny else 3
   c.lomma.student_epochs = 1 if tiny else 5

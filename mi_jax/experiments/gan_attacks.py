@@ -1,4 +1,5 @@
-"""White-box GAN-prior attacks (GMI, KEDMI, PPA) against defended targets.
+"""GAN-prior attacks against defended targets: the white-box GMI, KEDMI and PPA
+(LOMMA as a switch on GMI and KEDMI) and the label-only BREP-MI.
 
 ``run(config, workdir)`` follows the TL-style protocol at MNIST scale:
 
@@ -24,7 +25,8 @@
    latents each attack starts from, before any target-guided step (GMI:
    z₀ ~ N(0, I); KEDMI: samples of its initial N(0, e^{init_log_var} I) with
    the reconstructions' ε; PPA: the first ``final`` initial candidates of
-   each class, before selection). This, not 1/classes, is the chance level
+   each class, before selection; BREP-MI: its starting draws, which the
+   target already labels as the class). This, not 1/classes, is the chance level
    an attack must beat: the GAN draws public digits, which the 10-way judge
    seldom assigns to a private class.
 4. Write ``results.json`` (one row per defense × attack), ``results.md`` and
@@ -55,7 +57,7 @@ from mi_jax import defenses
 from mi_jax.experiments import common, evaluation, sweep, tables
 from mi_jax.experiments import surrogate as experiment
 from mi_jax.judge import SCALES as JUDGE_SCALES
-from mi_jax.attacks import gmi, kedmi, latent, lomma, ppa
+from mi_jax.attacks import brep_mi, gmi, kedmi, latent, lomma, ppa
 from mi_jax.models.sparse_coding import SCL_GRADS
 from mi_jax.train import gan
 from mi_jax.train.inference import apply_in_batches
@@ -68,9 +70,13 @@ from mi_jax.utils.metric_writer import MetricWriter
 
 # 'gmi+lomma', 'kedmi+lomma': the same attacks with LOMMA's identity loss
 # (mi_jax.attacks.lomma; config.lomma), on the same GANs and targets.
-ATTACKS = ('gmi', 'kedmi', 'ppa', 'gmi+lomma', 'kedmi+lomma')
+# 'brep': the label-only BREP-MI on GMI's generator (it sees the target's top-1 label only).
+ATTACKS = ('gmi', 'kedmi', 'ppa', 'gmi+lomma', 'kedmi+lomma', 'brep')
 ATTACK_TITLES = {'gmi': 'GMI', 'kedmi': 'KEDMI', 'ppa': 'PPA', 'gmi+lomma': 'GMI+LOMMA',
-                 'kedmi+lomma': 'KEDMI+LOMMA'}
+                 'kedmi+lomma': 'KEDMI+LOMMA', 'brep': 'BREP-MI'}
+# The attacks that search the latent space of GMI's public-data WGAN.
+USES_GMI_GAN = ('gmi', 'brep')
+BREP_POINTS = ('last_expansion', 'final')
 GAN_LOSSES = {'gmi': ('wgan-gp', 'dcgan'), 'ppa': ('wgan-gp', 'dcgan')}
 
 
@@ -92,7 +98,8 @@ def base_attack(attack: str) -> str:
 
 def _per_class(attack: str) -> str:
   """The field of ``attack``'s block that sets its reconstructions per class."""
-  return {'gmi': 'attacks_per_class', 'kedmi': 'samples_per_class', 'ppa': 'final'}[base_attack(attack)]
+  return {'gmi': 'attacks_per_class', 'kedmi': 'samples_per_class', 'ppa': 'final',
+          'brep': 'attacks_per_class'}[base_attack(attack)]
 
 
 # Every field of configs/gan_attacks_mnist.py that the main experiment's
@@ -141,6 +148,19 @@ FIELDS = {
     'ppa.transform_ratio': rules.tuple_of(rules.number(above=0), length=2, text='(low, high) with 0 < low <= high'),
     'ppa.transform_rotation': rules.number(low=0, high=180),
     'ppa.transform_flip': rules.number(low=0, high=1),
+    'brep.attacks_per_class': rules.integer(low=1),
+    'brep.sphere_points': rules.integer(low=1),
+    'brep.initial_radius': rules.number(above=0),
+    'brep.expansion': rules.number(above=1),
+    'brep.expand_fraction': rules.number(low=0, below=1),
+    'brep.max_iters_at_radius': rules.integer(low=1),
+    'brep.max_radius': rules.optional(rules.number(above=0)),
+    'brep.max_passes': rules.integer(low=1),
+    'brep.max_step': rules.number(above=0),
+    'brep.clip': rules.optional(rules.number(above=0)),
+    'brep.init_batch_size': rules.integer(low=1),
+    'brep.max_init_batches': rules.integer(low=1),
+    'brep.point': rules.one_of(BREP_POINTS),
     'lomma.variant': rules.one_of(lomma.VARIANTS),
     'lomma.reg_weight': rules.number(low=0),
     'lomma.p_reg_images': rules.integer(low=1),
@@ -297,7 +317,7 @@ def _private_softmax(target, images, private_classes, *, mesh, batch_size):
 
 
 def run_attack(name, config, *, target, gans, mesh, key, writer, identity=None):
-  """One attack on every private class → :class:`mi_jax.attacks.latent.AttackResult`.
+  """One attack on every private class → (:class:`mi_jax.attacks.latent.AttackResult`, extra row fields).
 
   ``identity``: the '+lomma' variants' identity loss (:func:`lomma_identity`)."""
   classes = tuple(config.private_classes)
@@ -307,6 +327,8 @@ def run_attack(name, config, *, target, gans, mesh, key, writer, identity=None):
   if name.endswith('+lomma') and identity is None:
     raise ValueError(f"attack {name!r} needs LOMMA's identity loss")
   name = base_attack(name)
+  if name == 'brep':
+    return _brep(config, target=target, gans=gans, mesh=mesh, key=key, writer=writer)
   if name == 'gmi':
     g = gans['gmi']
     block = config.gmi
@@ -315,7 +337,7 @@ def run_attack(name, config, *, target, gans, mesh, key, writer, identity=None):
         discriminator=gan.discriminator_fn(g.discriminator_graphdef, g.discriminator_state), classes=classes,
         latent_dim=latent_dim, mesh=mesh, key=key, attacks_per_class=block.attacks_per_class,
         iterations=block.iterations, learning_rate=block.learning_rate, momentum=block.momentum, lam=block.lam,
-        clip=block.clip, writer=writer, identity=identity)
+        clip=block.clip, writer=writer, identity=identity), {}
   if name == 'kedmi':
     g = gans['kedmi']
     block = config.kedmi
@@ -324,7 +346,7 @@ def run_attack(name, config, *, target, gans, mesh, key, writer, identity=None):
         discriminator=gan.discriminator_fn(g.discriminator_graphdef, g.discriminator_state), classes=classes,
         latent_dim=latent_dim, mesh=mesh, key=key, samples_per_class=block.samples_per_class,
         iterations=block.iterations, learning_rate=block.learning_rate, lam=block.lam,
-        init_log_var=block.init_log_var, writer=writer, identity=identity)
+        init_log_var=block.init_log_var, writer=writer, identity=identity), {}
   if name == 'ppa':
     g = gans['ppa']
     block = config.ppa
@@ -335,8 +357,53 @@ def run_attack(name, config, *, target, gans, mesh, key, writer, identity=None):
         latent_dim=latent_dim, generator_classes=len(config.public_classes), mesh=mesh, key=key,
         candidates=block.candidates, initial_candidates=block.initial_candidates, final=block.final,
         iterations=block.iterations, learning_rate=block.learning_rate, clip=block.clip,
-        selection_transforms=block.selection_transforms, transform=spec, writer=writer)
+        selection_transforms=block.selection_transforms, transform=spec, writer=writer), {}
   raise ValueError(f"attack must be one of {ATTACKS}, got {name!r}")
+
+
+def _brep(config, *, target, gans, mesh, key, writer):
+  """BREP-MI through :func:`mi_jax.attacks.brep_mi.label_only`: the walk sees argmax labels only.
+
+  The reconstruction is ``brep.point``: 'last_expansion' (the authors'
+  choice: the point accepted when the in-class radius last grew, the initial
+  point where it never grew) or 'final' (where the walk stopped). A class
+  whose label no generator draw received within ``brep.max_init_batches``
+  is not attacked (the walk cannot start); its rows count as misses in
+  the top-1/top-5 (:func:`_missing_as_misses`) and it is listed in
+  ``brep_missing_classes``."""
+  g = gans['gmi']
+  block = config.brep
+  generator = gan.generator_fn(g.generator_graphdef, g.generator_state)
+  result, stats = brep_mi.brep_attack(
+      labels_fn=brep_mi.label_only(target), generator=generator, classes=tuple(config.private_classes),
+      latent_dim=config.gan.latent_dim, key=key, mesh=mesh, attacks_per_class=block.attacks_per_class,
+      sphere_points=block.sphere_points, initial_radius=block.initial_radius, expansion=block.expansion,
+      expand_fraction=block.expand_fraction, max_iters_at_radius=block.max_iters_at_radius,
+      max_radius=block.max_radius, max_passes=block.max_passes, max_step=block.max_step, clip=block.clip,
+      init_batch_size=block.init_batch_size, max_init_batches=block.max_init_batches, missing='drop',
+      writer=writer)
+  if block.point == 'last_expansion':
+    images = latent.apply_rows(generator, stats.expansion_latents, mesh=mesh).astype(np.float32)
+    result = result._replace(images=images, latents=stats.expansion_latents)
+  fields = {
+      'brep_point': block.point, 'brep_radius_mean': float(np.mean(stats.radius)),
+      'brep_expanded_fraction': float(np.mean(stats.expanded)),
+      'brep_converged_fraction': float(np.mean(stats.converged)),
+      'brep_queries_mean': float(np.mean(stats.queries)), 'brep_initial_queries': int(stats.initial_queries),
+      'iterations': int(np.max(stats.passes)), 'brep_missing_classes': [int(c) for c in stats.missing],
+      'brep_attacked_rows': len(config.private_classes) * block.attacks_per_class,
+  }
+  return result, fields
+
+
+def _missing_as_misses(metrics: dict, found: int, attacked: int) -> dict:
+  """Top-1/top-5 (and their unoptimised baselines) over all ``attacked`` rows, the
+  ``attacked − found`` rows that never started counted as misses."""
+  scaled = dict(metrics)
+  for key in ('attack_top1', 'attack_top5', 'attack_top1_unoptimized', 'attack_top5_unoptimized'):
+    if scaled.get(key) is not None:
+      scaled[key] = scaled[key] * found / attacked
+  return scaled
 
 
 def train_students(config, teacher, public_images, *, mesh, workdir) -> list:
@@ -416,9 +483,14 @@ def evaluate(reconstructions, labels, private_images, private_labels, *, judge, 
 
 
 def _figure(result, figure_attacks: int, classes) -> dict:
-  """The first ``figure_attacks`` reconstructions of each class, class-major."""
-  rows = [np.flatnonzero(result.labels == c)[:figure_attacks] for c in classes]
-  return {'reconstructions': result.images[np.concatenate(rows)]}
+  """The first ``figure_attacks`` reconstructions of each class, class-major; a
+  class without reconstructions (BREP-MI never started on it) shows black."""
+  blank = np.zeros((figure_attacks,) + result.images.shape[1:], result.images.dtype)
+  images = []
+  for c in classes:
+    mine = result.images[np.flatnonzero(result.labels == c)[:figure_attacks]]
+    images.append(np.concatenate([mine, blank[len(mine):]]))
+  return {'reconstructions': np.concatenate(images)}
 
 
 def _attack_key(config, defense_index: int, attack: str):
@@ -458,7 +530,7 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
   judge, judge_note = load_judge(config, workdir, mesh)
   gans = {}
   bases = {base_attack(a) for a in config.attacks}
-  if 'gmi' in bases:
+  if bases & set(USES_GMI_GAN):
     gans['gmi'] = _train_gan(config, os.path.join(workdir, 'gans', 'gmi'), images=public_images, mesh=mesh,
                              epochs=config.gmi.gan_epochs, loss=config.gmi.gan_loss, n_critic=config.gmi.n_critic,
                              phase='gan_gmi')
@@ -504,18 +576,20 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
           identity, lomma_fields = lomma_identity(point, defense, graphdef, state, public_images, mesh=mesh,
                                                   workdir=os.path.join(point_dir, 'lomma'), cache=lomma_cache)
         # The attacks address private classes by their target logit index.
-        result = run_attack(attack, config, target=target, gans=gans, mesh=mesh,
-                            key=_attack_key(config, d_index, attack), writer=MetricWriter(attack_dir),
-                            identity=identity)
+        result, attack_fields = run_attack(attack, config, target=target, gans=gans, mesh=mesh,
+                                           key=_attack_key(config, d_index, attack),
+                                           writer=MetricWriter(attack_dir), identity=identity)
         metrics = evaluate(result.images, result.labels, split.private_images, split.private_labels,
                            judge=judge, judge_note=judge_note, config=config, mesh=mesh, cache=cache,
                            unoptimized=result.initial_images)
+        if attack_fields.get('brep_missing_classes'):
+          metrics = _missing_as_misses(metrics, len(result.labels), attack_fields['brep_attacked_rows'])
         row = {
             'dataset': config.dataset, 'defense': defense, **sweep.knob_fields(point, defense), 'attack': attack, 'seed': config.seed, 'accuracy': natural,
             **metrics, 'target_accuracy_on_reconstructions': float(np.mean(
                 np.argmax(np.asarray(jax.jit(target)(jnp.asarray(result.images))), -1) == result.labels)),
             'n_reconstructions': int(len(result.labels)),
-            'iterations': int(config[base_attack(attack)].iterations), **lomma_fields,
+            'iterations': int(config[base_attack(attack)].get('iterations', 0)), **lomma_fields, **attack_fields,
             'attack_grad': config.attack_grad if defenses.get(defense).sparse_coding else None,
             'n_private': int(len(split.private_labels)), 'n_public': int(len(public_labels)),
             'config_hash': results_io.config_hash(common.config_json(point)), 'code_version': results_io.code_version(),

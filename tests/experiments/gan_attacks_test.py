@@ -44,7 +44,8 @@ def _check_rows(rows, tmp_path, attacks, defenses):
     assert 0.0 <= row['attack_top1'] <= row['attack_top5'] <= 1.0 and row['knn_distance'] >= 0
     assert 0.0 <= row['attack_top1_unoptimized'] <= row['attack_top5_unoptimized'] <= 1.0
     assert row['judge'] == 'evaluation_cnn_mnist_tiny'
-    assert row['n_reconstructions'] == 5 * 2  # 5 classes × 2 (tiny: attacks_per_class, samples_per_class, final)
+    # 5 classes × 2 (tiny: attacks_per_class, samples_per_class, final); BREP-MI: the classes it could start on.
+    assert row['n_reconstructions'] == 5 * 2 - 2 * len(row.get('brep_missing_classes', ()))
   table = (tmp_path / 'results.md').read_text()
   assert '| top-1 unoptimised (%) |' in table and 'KID' in table
   for attack in attacks:
@@ -77,6 +78,30 @@ def test_lomma_variant_runs_beside_its_base_attack_from_the_same_latents(tmp_pat
   # Paired: the same starting latents, hence the same unoptimised baseline.
   assert variant['attack_top1_unoptimized'] == base['attack_top1_unoptimized']
   assert (tmp_path / 'points' / 'no-defense' / 'lomma' / 'student_0').is_dir()
+
+
+def test_label_only_brep_runs_on_the_gmi_generator_and_reports_its_walk(tmp_path, synthetic_data, monkeypatch):
+  seen = []
+  real_label_only = gan_experiment.brep_mi.label_only
+
+  def spy(target):  # the experiment hands BREP-MI the argmax wrapper and nothing else
+    labels = real_label_only(target)
+    seen.append(labels)
+    return labels
+
+  monkeypatch.setattr(gan_experiment.brep_mi, 'label_only', spy)
+  rows = gan_experiment.run(_config(attacks=('brep',)), str(tmp_path), mesh=mesh_of(2))
+  _check_rows(rows, tmp_path, ('brep',), ('no-defense',))
+  (row,) = rows
+  assert len(seen) == 1
+  assert row['brep_point'] == 'last_expansion' and 0.0 <= row['brep_expanded_fraction'] <= 1.0
+  assert row['brep_queries_mean'] == row['iterations'] * 33 or row['brep_queries_mean'] <= row['iterations'] * 33
+  assert 256 <= row['brep_initial_queries'] <= 512 and row['iterations'] <= 20
+  # The 2-step tiny target labels most draws alike: classes it never outputs are not
+  # attacked and count as misses over all 5 × 2 attacked rows.
+  found = 10 - 2 * len(row['brep_missing_classes'])
+  assert row['brep_attacked_rows'] == 10 and row['attack_top1'] <= found / 10
+  assert (tmp_path / 'gans' / 'gmi').is_dir()
 
 
 @pytest.mark.slow
