@@ -146,6 +146,30 @@ def get_config(arg: str = 'small'):
   # authors' scoring), or 'final' (where the walk stopped).
   c.brep.point = 'last_expansion'
 
+  # PLG-MI (Yuan et al. 2023; mi_jax.attacks.plg_mi), attacks 'plg' and
+  # 'plg+lomma': a conditional GAN (hinge loss, spectral-norm projection
+  # discriminator) on public images pseudo-labelled by the target, trained
+  # per target; then Adam on z with the max-margin loss on augmented views.
+  # The authors' train_cgan.py / reconstruct.py values unless noted.
+  c.plg = config_dict.ConfigDict()
+  # Public images per class in the GAN's set; None: |public| // |private classes|,
+  # every public image once (the authors' 30 per class × 1000 identities ≈ their 30k public images).
+  c.plg.top_n = config_dict.placeholder(int)
+  c.plg.alpha = 0.2  # weight of the target's max-margin loss in G's loss
+  # Epochs over the pseudo-labelled set, counting discriminator steps (the
+  # authors' 30000 generator steps at batch 64 and 5 D steps each are
+  # 30000·5·64/30000 = 320 epochs of their set).
+  c.plg.gan_epochs = 320
+  c.plg.n_critic = 5
+  c.plg.gan_learning_rate = 2e-4
+  c.plg.beta1 = 0.0  # Adam β = (0, 0.9), SNGAN's
+  c.plg.beta2 = 0.9
+  c.plg.iterations = 600
+  c.plg.learning_rate = 0.1  # Adam on z
+  c.plg.attacks_per_class = 5  # matches GMI's 5 (the authors: 5 per identity too)
+  c.plg.views = 2  # augmented views of each image per step (the max-margin loss is summed over them)
+  c.plg.flip_prob = 0.0  # the authors flip faces half the time; a mirrored digit can be another digit
+
   # LOMMA (Nguyen et al. 2023; mi_jax.attacks.lomma), for the attacks
   # 'gmi+lomma' and 'kedmi+lomma' (add them to c.attacks).
   c.lomma = config_dict.ConfigDict()
@@ -218,6 +242,9 @@ def _small(c, *, tiny: bool):
   c.brep.max_iters_at_radius = 5 if tiny else 100
   c.brep.max_passes = 20 if tiny else 1500
   c.brep.max_init_batches = 2 if tiny else 1000
+  c.plg.gan_epochs = 1 if tiny else 30  # ~190 generator steps on 2000 public images at small scale
+  c.plg.iterations = 10 if tiny else 300
+  c.plg.attacks_per_class = 2 if tiny else 5
   c.evaluation.fid_batch_size = 16 if tiny else 64
   c.lomma.students = 1 if tiny else 3
   c.lomma.student_epochs = 1 if tiny else 5

@@ -57,7 +57,7 @@ from mi_jax import defenses
 from mi_jax.experiments import common, evaluation, sweep, tables
 from mi_jax.experiments import surrogate as experiment
 from mi_jax.judge import SCALES as JUDGE_SCALES
-from mi_jax.attacks import brep_mi, gmi, kedmi, latent, lomma, ppa
+from mi_jax.attacks import brep_mi, gmi, kedmi, latent, lomma, plg_mi, ppa
 from mi_jax.models.sparse_coding import SCL_GRADS
 from mi_jax.train import gan
 from mi_jax.train.inference import apply_in_batches
@@ -71,9 +71,10 @@ from mi_jax.utils.metric_writer import MetricWriter
 # 'gmi+lomma', 'kedmi+lomma': the same attacks with LOMMA's identity loss
 # (mi_jax.attacks.lomma; config.lomma), on the same GANs and targets.
 # 'brep': the label-only BREP-MI on GMI's generator (it sees the target's top-1 label only).
-ATTACKS = ('gmi', 'kedmi', 'ppa', 'gmi+lomma', 'kedmi+lomma', 'brep')
+# 'plg' / 'plg+lomma': PLG-MI on its per-target conditional GAN (mi_jax.attacks.plg_mi).
+ATTACKS = ('gmi', 'kedmi', 'ppa', 'gmi+lomma', 'kedmi+lomma', 'brep', 'plg', 'plg+lomma')
 ATTACK_TITLES = {'gmi': 'GMI', 'kedmi': 'KEDMI', 'ppa': 'PPA', 'gmi+lomma': 'GMI+LOMMA',
-                 'kedmi+lomma': 'KEDMI+LOMMA', 'brep': 'BREP-MI'}
+                 'kedmi+lomma': 'KEDMI+LOMMA', 'brep': 'BREP-MI', 'plg': 'PLG-MI', 'plg+lomma': 'PLG-MI+LOMMA'}
 # The attacks that search the latent space of GMI's public-data WGAN.
 USES_GMI_GAN = ('gmi', 'brep')
 BREP_POINTS = ('last_expansion', 'final')
@@ -99,7 +100,7 @@ def base_attack(attack: str) -> str:
 def _per_class(attack: str) -> str:
   """The field of ``attack``'s block that sets its reconstructions per class."""
   return {'gmi': 'attacks_per_class', 'kedmi': 'samples_per_class', 'ppa': 'final',
-          'brep': 'attacks_per_class'}[base_attack(attack)]
+          'brep': 'attacks_per_class', 'plg': 'attacks_per_class'}[base_attack(attack)]
 
 
 # Every field of configs/gan_attacks_mnist.py that the main experiment's
@@ -161,6 +162,18 @@ FIELDS = {
     'brep.init_batch_size': rules.integer(low=1),
     'brep.max_init_batches': rules.integer(low=1),
     'brep.point': rules.one_of(BREP_POINTS),
+    'plg.top_n': rules.optional(rules.integer(low=1)),
+    'plg.alpha': rules.number(low=0),
+    'plg.gan_epochs': rules.integer(low=1),
+    'plg.n_critic': rules.integer(low=1),
+    'plg.gan_learning_rate': rules.number(above=0),
+    'plg.beta1': rules.number(low=0, below=1),
+    'plg.beta2': rules.number(low=0, below=1),
+    'plg.iterations': rules.integer(low=1),
+    'plg.learning_rate': rules.number(above=0),
+    'plg.attacks_per_class': rules.integer(low=1),
+    'plg.views': rules.integer(low=1),
+    'plg.flip_prob': rules.number(low=0, high=1),
     'lomma.variant': rules.one_of(lomma.VARIANTS),
     'lomma.reg_weight': rules.number(low=0),
     'lomma.p_reg_images': rules.integer(low=1),
@@ -347,6 +360,13 @@ def run_attack(name, config, *, target, gans, mesh, key, writer, identity=None):
         latent_dim=latent_dim, mesh=mesh, key=key, samples_per_class=block.samples_per_class,
         iterations=block.iterations, learning_rate=block.learning_rate, lam=block.lam,
         init_log_var=block.init_log_var, writer=writer, identity=identity), {}
+  if name == 'plg':
+    block = config.plg
+    return plg_mi.plg_attack(
+        target=target, generator=plg_mi.plg_generator(gans['plg']), classes=classes, latent_dim=latent_dim,
+        mesh=mesh, key=key, attacks_per_class=block.attacks_per_class, iterations=block.iterations,
+        learning_rate=block.learning_rate, views=block.views, flip_prob=block.flip_prob, writer=writer,
+        identity=identity), {'plg_top_n': plg_top_n(config, gans['plg_public'])}
   if name == 'ppa':
     g = gans['ppa']
     block = config.ppa
@@ -394,6 +414,24 @@ def _brep(config, *, target, gans, mesh, key, writer):
       'brep_attacked_rows': len(config.private_classes) * block.attacks_per_class,
   }
   return result, fields
+
+
+def plg_top_n(config, public_size: int) -> int:
+  """``plg.top_n``, or by default every public image once: |public| // |classes|
+  (the authors' 30 per class over 1000 identities is their ~30k public images)."""
+  return config.plg.top_n or max(1, public_size // len(config.private_classes))
+
+
+def train_plg(config, target, public_images, *, mesh, workdir):
+  """PLG-MI's conditional GAN for this target (pseudo-labels from it, its max-margin term in G's loss)."""
+  block = config.plg
+  return plg_mi.train_plg_gan(
+      public_images=public_images, target=lambda x: target(x), classes=config.private_classes, mesh=mesh,
+      workdir=workdir, writer=MetricWriter(workdir), epochs=block.gan_epochs, seed=config.seed,
+      top_n=plg_top_n(config, len(public_images)), alpha=block.alpha, latent_dim=config.gan.latent_dim,
+      batch_size=config.gan.batch_size, learning_rate=block.gan_learning_rate, beta1=block.beta1, beta2=block.beta2,
+      n_critic=block.n_critic, width=config.gan.width, flip_prob=block.flip_prob,
+      checkpoint_every=config.gan.checkpoint_every_steps, log_every=config.gan.log_every_steps)
 
 
 def _missing_as_misses(metrics: dict, found: int, attacked: int) -> dict:
@@ -556,6 +594,7 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
     target_seconds = time.perf_counter() - started
     lomma_cache = {}
     kedmi_trained = False  # this target's KEDMI GAN serves 'kedmi' and 'kedmi+lomma'
+    plg_trained = False  # likewise PLG-MI's conditional GAN
     for attack in config.attacks:
       attack_dir = os.path.join(point_dir, attack)
       row_path = os.path.join(attack_dir, 'row.json')
@@ -571,6 +610,11 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
           gans['kedmi'] = _train_gan(config, os.path.join(point_dir, 'gans', 'kedmi'), images=public_images,
                                      soft_labels=soft, mesh=mesh, epochs=config.kedmi.gan_epochs, loss='kedmi',
                                      n_critic=config.kedmi.n_critic, phase='gan_kedmi')
+        if base_attack(attack) == 'plg' and not plg_trained:
+          plg_trained = True
+          gans['plg'] = train_plg(config, target, public_images, mesh=mesh,
+                                  workdir=os.path.join(point_dir, 'gans', 'plg'))
+          gans['plg_public'] = len(public_images)
         identity, lomma_fields = None, {}
         if attack.endswith('+lomma'):
           identity, lomma_fields = lomma_identity(point, defense, graphdef, state, public_images, mesh=mesh,

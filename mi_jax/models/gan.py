@@ -26,6 +26,10 @@ logit is their log-sum-exp, log Z(x) = log Σ_k exp l_k(x): the
 semi-supervised GAN parametrisation of Salimans et al. (2016) that KEDMI's
 code uses, D(x) = Z(x) / (Z(x) + 1) = sigmoid(log Z(x)). A class-head
 discriminator is unconditional (``num_classes`` is the head's size).
+
+:class:`ProjectionDiscriminator` is the SNGAN alternative (spectral norm on
+every layer, the class by projection; PLG-MI's GAN, ``loss='sngan'`` in
+:mod:`mi_jax.train.gan`).
 """
 
 from __future__ import annotations
@@ -127,3 +131,96 @@ class Discriminator(nnx.Module):
     # ``train`` is accepted for a uniform interface; nothing here depends on it.
     del train
     return self.from_features(self.features(images, labels))
+
+
+# --------------------------------------------------------------------------- SNGAN projection discriminator
+
+def spectral_norm(matrix):
+  """σ_max(matrix), differentiable as uᵀ W v with the top singular pair (u, v) held constant.
+
+  The gradient is u vᵀ, as in SNGAN (Miyato et al. 2018, Sec. 2.2 and
+  App. A), whose singular vectors are constants of the backward pass. SNGAN
+  estimates them with one power-iteration step per training step on a
+  vector u kept between steps; we compute them afresh at every call from the
+  eigendecomposition of the smaller Gram matrix (WᵀW or WWᵀ, at most
+  fan-out × fan-out here), so no state is carried and the value is exact
+  to float precision (power iteration from a fixed start converges slowly
+  when the top singular values are close, as in a fresh class embedding).
+  """
+  w = jax.lax.stop_gradient(matrix.astype(jnp.float32))
+  normalize = lambda x: x / (jnp.linalg.norm(x) + 1e-12)
+  if w.shape[1] <= w.shape[0]:
+    v = jnp.linalg.eigh(w.T @ w)[1][:, -1]  # eigh sorts eigenvalues in ascending order
+    u = normalize(w @ v)
+  else:
+    u = jnp.linalg.eigh(w @ w.T)[1][:, -1]
+    v = normalize(w.T @ u)
+  u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
+  return u @ matrix.astype(jnp.float32) @ v
+
+
+def _sn(kernel):
+  """kernel / σ_max(kernel as a (fan_in, fan_out) matrix), torch's ``spectral_norm`` reshaping."""
+  return kernel / spectral_norm(kernel.reshape(-1, kernel.shape[-1]))
+
+
+class ProjectionDiscriminator(nnx.Module):
+  """SNGAN-style projection discriminator (Miyato & Koyama 2018), spectral norm on every layer.
+
+  images (N, H, W, C) in [0, 1] [and labels (N,)] → logit (N,)::
+
+      φ(x) = flatten(LeakyReLU(SNConv 4×4/2(LeakyReLU(SNConv 4×4/2(x)))))
+      D(x, y) = ψ(φ(x)) + ⟨V e_y, φ(x)⟩,   ψ an SN linear map, V an SN embedding
+
+  The trunk is :class:`Discriminator`'s without its InstanceNorm (spectral
+  normalisation is the only normalisation in SNGAN); the class enters by the
+  inner product with its embedding rather than as input channels. PLG-MI's
+  discriminator (Yuan et al. 2023, ``SNResNetProjectionDiscriminator``) is a
+  64×64 ResNet with the same head on globally sum-pooled features; at 28×28
+  two stride-2 convolutions and flattened features are the house scale.
+  ``num_classes=0``: no projection term (an unconditional SN discriminator).
+  """
+
+  def __init__(self, *, image_shape=(28, 28, 1), num_classes: int = 0, width: int = 64, rngs: nnx.Rngs):
+    if num_classes < 0:
+      raise ValueError(f"num_classes must be >= 0 (0: unconditional), got {num_classes!r}")
+    if width < 1:
+      raise ValueError(f"width must be >= 1, got {width!r}")
+    h, w, c = check_image_shape(image_shape)
+    self.image_shape, self.num_classes, self.class_head = (h, w, c), num_classes, False
+    self.down1 = nnx.Conv(c, width, (4, 4), strides=(2, 2), padding='SAME', rngs=rngs)
+    self.down2 = nnx.Conv(width, 2 * width, (4, 4), strides=(2, 2), padding='SAME', rngs=rngs)
+    self.feature_size = h // 4 * (w // 4) * 2 * width
+    self.head = nnx.Linear(self.feature_size, 1, rngs=rngs)
+    # PLG-MI's (and SNGAN's) embedding is Xavier-uniform initialised.
+    self.embed = (nnx.Embed(num_classes, self.feature_size, embedding_init=nnx.initializers.xavier_uniform(),
+                            rngs=rngs) if num_classes else None)
+
+  @staticmethod
+  def _conv(layer, x):
+    y = jax.lax.conv_general_dilated(x, _sn(layer.kernel[...]), window_strides=(2, 2), padding='SAME',
+                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return y + layer.bias[...]
+
+  def features(self, images, labels=None):
+    """φ(x), the flattened trunk features (the labels are not used here)."""
+    del labels
+    x = images.astype(jnp.float32)
+    x = jax.nn.leaky_relu(self._conv(self.down1, x), 0.2)
+    x = jax.nn.leaky_relu(self._conv(self.down2, x), 0.2)
+    return x.reshape(x.shape[0], -1)
+
+  def __call__(self, images, labels=None, *, train: bool = False):
+    del train  # uniform interface; nothing here depends on it
+    phi = self.features(images)
+    out = phi @ _sn(self.head.kernel[...])[:, 0] + self.head.bias[...][0]
+    if self.num_classes:
+      embedding = _sn(self.embed.embedding[...])  # (K, F): σ_max of the class-by-feature matrix
+      out = out + jnp.sum(embedding[_labels(labels, self.num_classes)] * phi, axis=-1)
+    return out
+
+
+def _labels(labels, num_classes: int):
+  if labels is None:
+    raise ValueError(f"labels must be given for a conditional network (num_classes={num_classes}), got None")
+  return jnp.asarray(labels, jnp.int32)

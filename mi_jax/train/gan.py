@@ -28,6 +28,14 @@ Losses (``loss=``), with D the real/fake logit and G(z) fakes:
   with p_T the target's soft labels on the public image x;
   L_G = mean_j |E[f_j(G(z))] − E[f_j(x)]| + 10⁻⁴·E[H(softmax l(G(z)))]
   (feature matching on D's penultimate features f plus an entropy term).
+* ``'sngan'`` (Miyato et al. 2018; Miyato & Koyama 2018; PLG-MI's GAN): the
+  hinge loss with a spectrally normalised projection discriminator
+  (:class:`mi_jax.models.gan.ProjectionDiscriminator`),
+  L_D = E[max(0, 1 − D(x, y))] + E[max(0, 1 + D(G(z, ỹ), ỹ))];  L_G = −E[D(G(z, ỹ), ỹ)].
+
+Any loss may add a weighted term on the generator's fakes (``inversion``,
+PLG-MI's α·L_inv; :mod:`mi_jax.attacks.plg_mi`):
+L_G ← L_G + α·inversion(G(z, ỹ), ỹ, key), reported as ``g_inversion``.
 """
 
 from __future__ import annotations
@@ -42,12 +50,12 @@ import optax
 from flax import nnx
 
 from mi_jax import data as mi_data
-from mi_jax.models.gan import Discriminator, Generator
+from mi_jax.models.gan import Discriminator, Generator, ProjectionDiscriminator
 from mi_jax.train import batch_stats, loop
 from mi_jax.train.state import merge_model, replicated, split_model
 from mi_jax.train.step import jit_step
 
-LOSSES = ('wgan-gp', 'dcgan', 'kedmi')
+LOSSES = ('wgan-gp', 'dcgan', 'kedmi', 'sngan')
 # KEDMI's generator loss weights its entropy term by 1e-4 (k+1_gan.py).
 KEDMI_ENTROPY_WEIGHT = 1e-4
 
@@ -100,16 +108,29 @@ def semi_supervised_unlabeled_loss(lse_real, lse_fake):
   return 0.5 * (jnp.mean(jax.nn.softplus(lse_real)) - jnp.mean(lse_real) + jnp.mean(jax.nn.softplus(lse_fake)))
 
 
+def hinge_discriminator_loss(real_score, fake_score):
+  """E[max(0, 1 − D(x))] + E[max(0, 1 + D(G(z)))] (SNGAN's, PLG-MI's ``dis_hinge``)."""
+  return jnp.mean(jax.nn.relu(1.0 - real_score)) + jnp.mean(jax.nn.relu(1.0 + fake_score))
+
+
+def hinge_generator_loss(fake_score):
+  """−E[D(G(z))] (PLG-MI's ``gen_hinge``)."""
+  return -jnp.mean(fake_score)
+
+
 # --------------------------------------------------------------------------- step
 
 
 def make_gan_step(g_graphdef, d_graphdef, g_tx, d_tx, *, loss: str = 'wgan-gp', n_critic: int = 1,
                   gp_weight: float = 10.0, conditional: bool = False, num_classes: int = 0,
-                  latent_dim: int = 100):
+                  latent_dim: int = 100, inversion=None, inversion_weight: float = 0.0):
   """``step(state, batch, rng) -> (state, measurements)`` for the dict state above.
 
   ``batch``: {'image'} plus 'label' (conditional) or 'soft' (``'kedmi'``:
   the target's class probabilities on each public image).
+  ``inversion(fakes, fake_labels, key) -> scalar`` (optional) is added to
+  the generator loss with weight ``inversion_weight`` (module docstring);
+  ``fake_labels`` is None for an unconditional GAN.
   """
   if loss not in LOSSES:
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
@@ -150,6 +171,9 @@ def make_gan_step(g_graphdef, d_graphdef, g_tx, d_tx, *, loss: str = 'wgan-gp', 
                                    'd_class_accuracy': accuracy}
     real_score = d(real, real_labels)
     fake_score = d(fake, fake_labels)
+    if loss == 'sngan':
+      return hinge_discriminator_loss(real_score, fake_score), {'d_real': jnp.mean(real_score),
+                                                                 'd_fake': jnp.mean(fake_score)}
     if loss == 'dcgan':
       total = jnp.mean(jax.nn.softplus(-real_score)) + jnp.mean(jax.nn.softplus(fake_score))
       return total, {'d_real': jnp.mean(real_score), 'd_fake': jnp.mean(fake_score)}
@@ -165,21 +189,33 @@ def make_gan_step(g_graphdef, d_graphdef, g_tx, d_tx, *, loss: str = 'wgan-gp', 
     wasserstein = jnp.mean(real_score) - jnp.mean(fake_score)
     return -wasserstein + gp_weight * penalty, {'wasserstein': wasserstein, 'gradient_penalty': penalty}
 
-  def g_loss_fn(g_params, state, batch, key):
-    n = batch['image'].shape[0]
-    z, fake_labels = fake_inputs(key, n)
-    fake, g_model_state = generate(g_params, state['g']['model_state'], z, fake_labels)
+  def adversarial_g_loss(fake, fake_labels, state, batch):
     d = disc(state['d']['params'], state['d']['model_state'])
     if loss == 'kedmi':
       real_features = jax.lax.stop_gradient(d.features(to_unit(batch['image'])))
       fake_features = d.features(fake)
       _, class_fake = d.from_features(fake_features)
       matching = jnp.mean(jnp.abs(jnp.mean(fake_features, 0) - jnp.mean(real_features, 0)))
-      return matching + KEDMI_ENTROPY_WEIGHT * mean_entropy(class_fake), g_model_state
+      return matching + KEDMI_ENTROPY_WEIGHT * mean_entropy(class_fake)
     score = d(fake, fake_labels)
     if loss == 'dcgan':
-      return jnp.mean(jax.nn.softplus(-score)), g_model_state
-    return -jnp.mean(score), g_model_state
+      return jnp.mean(jax.nn.softplus(-score))
+    if loss == 'sngan':
+      return hinge_generator_loss(score)
+    return -jnp.mean(score)
+
+  def g_loss_fn(g_params, state, batch, key):
+    n = batch['image'].shape[0]
+    z, fake_labels = fake_inputs(key, n)
+    fake, g_model_state = generate(g_params, state['g']['model_state'], z, fake_labels)
+    total = adversarial_g_loss(fake, fake_labels, state, batch)
+    extra = {}
+    if inversion is not None:
+      # Its own key (the fakes' z and labels keep the key they had without it).
+      term = inversion(fake, fake_labels, jax.random.fold_in(key, 1))
+      total = total + inversion_weight * term
+      extra = {'g_inversion': term}
+    return total, (g_model_state, extra)
 
   def step(state, batch, rng):
     key = jax.random.fold_in(rng, state['step'])
@@ -192,18 +228,18 @@ def make_gan_step(g_graphdef, d_graphdef, g_tx, d_tx, *, loss: str = 'wgan-gp', 
     after_d = {**state, 'd': new_d}
 
     def update_g(_):
-      (g_loss, g_model_state), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
+      (g_loss, (g_model_state, g_extra)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(
           state['g']['params'], after_d, batch, g_key)
       g_updates, g_opt = g_tx.update(g_grads, state['g']['opt_state'], state['g']['params'])
       return {'params': optax.apply_updates(state['g']['params'], g_updates),
-              'model_state': g_model_state, 'opt_state': g_opt}, g_loss
+              'model_state': g_model_state, 'opt_state': g_opt}, g_loss, g_extra
 
     def evaluate_g(_):
-      g_loss, _ = g_loss_fn(state['g']['params'], after_d, batch, g_key)
-      return state['g'], g_loss
+      g_loss, (_, g_extra) = g_loss_fn(state['g']['params'], after_d, batch, g_key)
+      return state['g'], g_loss, g_extra
 
-    new_g, g_loss = jax.lax.cond(state['step'] % n_critic == n_critic - 1, update_g, evaluate_g, None)
-    measurements = {'d_loss': d_loss, 'g_loss': g_loss, **d_extra}
+    new_g, g_loss, g_extra = jax.lax.cond(state['step'] % n_critic == n_critic - 1, update_g, evaluate_g, None)
+    measurements = {'d_loss': d_loss, 'g_loss': g_loss, **d_extra, **g_extra}
     return {'step': state['step'] + 1, 'g': new_g, 'd': new_d}, measurements
 
   return step
@@ -232,6 +268,9 @@ def build_gan(*, image_shape, latent_dim: int = 100, num_classes: int = 0, condi
   rngs = nnx.Rngs(seed)
   generator = Generator(latent_dim=latent_dim, image_shape=image_shape,
                         num_classes=num_classes if conditional else 0, width=width, rngs=rngs)
+  if loss == 'sngan':
+    return generator, ProjectionDiscriminator(image_shape=image_shape, num_classes=num_classes if conditional else 0,
+                                              width=width, rngs=rngs)
   discriminator = Discriminator(image_shape=image_shape, num_classes=num_classes if (conditional or loss == 'kedmi') else 0,
                                 width=width, class_head=loss == 'kedmi', rngs=rngs)
   return generator, discriminator
@@ -261,6 +300,8 @@ def train_gan(
     phase: str = 'gan',
     checkpoint_every: int = 500,
     log_every: int = 50,
+    inversion=None,
+    inversion_weight: float = 0.0,
 ) -> GanResult:
   """Trains a GAN on ``images`` (uint8 or [0, 1] NHWC); resumable from ``workdir``.
 
@@ -268,7 +309,9 @@ def train_gan(
   [0, num_classes); ``num_classes`` defaults to max(labels) + 1 — remap
   e.g. digits 5–9 to 0–4 first). ``loss='kedmi'`` needs ``soft_labels``
   (N, K), the target's probabilities on ``images``. ``n_critic`` defaults to
-  5 for WGAN-GP (GMI's ``n_critic``) and 1 otherwise. Checkpoints go to
+  5 for WGAN-GP (GMI's ``n_critic``) and SNGAN (its and PLG-MI's ``n_dis``)
+  and 1 otherwise. ``inversion``, ``inversion_weight``: an extra generator
+  term (:func:`make_gan_step`; PLG-MI's α·L_inv). Checkpoints go to
   ``workdir/checkpoints/<phase>``.
   """
   if loss not in LOSSES:
@@ -281,7 +324,7 @@ def train_gan(
     raise ValueError(f"epochs must be >= 1, got {epochs!r}")
   if learning_rate <= 0:
     raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-  n_critic = n_critic if n_critic is not None else (5 if loss == 'wgan-gp' else 1)
+  n_critic = n_critic if n_critic is not None else (5 if loss in ('wgan-gp', 'sngan') else 1)
   if loss == 'kedmi':
     num_classes = soft_labels.shape[1]
   elif conditional:
@@ -317,7 +360,7 @@ def train_gan(
 
   step_fn = make_gan_step(g_graphdef, d_graphdef, g_tx, d_tx, loss=loss, n_critic=n_critic,
                           gp_weight=gp_weight, conditional=conditional, num_classes=num_classes,
-                          latent_dim=latent_dim)
+                          latent_dim=latent_dim, inversion=inversion, inversion_weight=inversion_weight)
   state = loop.fit(
       phase=phase, step_fn=jit_step(step_fn, state, mesh), state=state, batch_at=batch_at,
       position_at=lambda s: position_at(s)._asdict(), total_steps=epochs * steps_per_epoch,

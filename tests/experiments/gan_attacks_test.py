@@ -104,6 +104,27 @@ def test_label_only_brep_runs_on_the_gmi_generator_and_reports_its_walk(tmp_path
   assert (tmp_path / 'gans' / 'gmi').is_dir()
 
 
+def test_plg_trains_its_gan_on_the_targets_pseudo_labels_once_for_both_variants(tmp_path, synthetic_data, monkeypatch):
+  trained = []
+  real_train = gan_experiment.plg_mi.train_plg_gan
+
+  def spy(**kwargs):
+    trained.append(kwargs)
+    return real_train(**kwargs)
+
+  monkeypatch.setattr(gan_experiment.plg_mi, 'train_plg_gan', spy)
+  config = _config(attacks=('plg', 'plg+lomma'), **{'plg.iterations': 3})
+  rows = gan_experiment.run(config, str(tmp_path), mesh=mesh_of(2))
+  _check_rows(rows, tmp_path, ('plg', 'plg+lomma'), ('no-defense',))
+  assert len(trained) == 1  # one conditional GAN per target serves both variants
+  # Default top_n: every public image once (64 public images over 5 private classes).
+  assert trained[0]['top_n'] == 64 // 5 and rows[0]['plg_top_n'] == 12
+  assert (tmp_path / 'points' / 'no-defense' / 'gans' / 'plg').is_dir()
+  base, variant = rows
+  assert variant['attack_top1_unoptimized'] == base['attack_top1_unoptimized']  # paired latents
+  assert variant['lomma_variant'] == 'both'
+
+
 @pytest.mark.slow
 def test_every_attack_against_two_defenses(tmp_path, synthetic_data):
   rows = gan_experiment.run(_config(defenses=('no-defense', 'sparse-guard')), str(tmp_path), mesh=mesh_of(2))

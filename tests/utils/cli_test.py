@@ -29,7 +29,7 @@ SG_OPTIONAL = (
 )
 GAN_OPTIONAL = SG_OPTIONAL + (
     'data.public_limit', 'data.test_limit', 'evaluation.judge_dir', 'evaluation.fid_private_limit',
-    'gmi.clip', 'ppa.clip', 'brep.clip', 'brep.max_radius',
+    'gmi.clip', 'ppa.clip', 'brep.clip', 'brep.max_radius', 'plg.top_n',
 )
 # Fields whose validation accepts None but whose config_block() still declares
 # a plain value, so the command line cannot reach None: drop an entry once its
