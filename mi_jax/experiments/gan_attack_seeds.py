@@ -6,7 +6,14 @@ collects the ``results.json`` of several such runs, groups the rows by
 (defense, knob value, attack) and reports mean ± sd (sample sd, n − 1) of
 each metric over the seeds, the per-seed top-1, and whether the cell's
 top-1 differs from the no-defense cell of the same attack by more than two
-combined sd (:func:`mi_jax.experiments.tables.distinguishable`).
+combined sd (†, :func:`mi_jax.experiments.tables.distinguishable`).
+
+Runs of one seed share the private subset, the public-data GANs (GMI's,
+PPA's) and the attack's starting latents whatever the defense, so a
+defense's top-1 is also compared *paired*: Δ = top-1 − the no-defense
+top-1 of the same attack and seed, mean ± sd over the seeds both have;
+‡ marks |mean Δ| > 2·sd(Δ) (the same two-sd rule on the differences,
+which removes the seed-to-seed spread the two cells share).
 
 Rows of one cell must come from comparable runs: the same dataset, judge
 and number of reconstructions, and distinct seeds; anything else is
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import statistics
 import sys
 from typing import Mapping, Sequence
 
@@ -76,13 +84,37 @@ def group_cells(rows: Sequence[Mapping]) -> dict:
   return cells
 
 
+PAIRED_MARK = '‡'
+
+
+def paired_differences(group: Sequence[Mapping], attack: str, baseline_by_seed: Mapping) -> list[float]:
+  """Per seed, top-1 − the no-defense top-1 of ``attack`` at that seed (percentage points)."""
+  return [100.0 * (r['attack_top1'] - baseline_by_seed[attack, r['seed']]) for r in group
+          if (attack, r['seed']) in baseline_by_seed]
+
+
+def _paired_cell(group, attack, baseline_by_seed) -> str:
+  deltas = paired_differences(group, attack, baseline_by_seed)
+  if not deltas:
+    return '—'
+  mean = statistics.fmean(deltas)
+  if len(deltas) == 1:
+    return f"{mean:+.1f} (1 seed)"
+  sd = statistics.stdev(deltas)
+  mark = f" {PAIRED_MARK}" if abs(mean) > 2.0 * sd else ''
+  return f"{mean:+.1f} ± {sd:.1f}{mark}"
+
+
 def seed_table(rows: Sequence[Mapping]) -> str:
   """The markdown table of the module docstring."""
   cells = group_cells(rows)
   baseline = {attack: tables.seed_stats(group, 'attack_top1')
               for (defense, _, attack), group in cells.items() if defense == 'no-defense'}
-  header = ['Defense', 'Attack', 'Seeds'] + [title for _, title, _, _ in METRICS] + ['top-1 per seed (%)']
-  lines = ['| ' + ' | '.join(header) + ' |', '| :--- | :--- | ---: |' + ' ---: |' * len(METRICS) + ' :--- |']
+  baseline_by_seed = {(attack, r['seed']): r['attack_top1'] for (defense, _, attack), group in cells.items()
+                      if defense == 'no-defense' for r in group}
+  header = (['Defense', 'Attack', 'Seeds'] + [title for _, title, _, _ in METRICS]
+            + ['Δ top-1 vs no-defense, paired (pp)', 'top-1 per seed (%)'])
+  lines = ['| ' + ' | '.join(header) + ' |', '| :--- | :--- | ---: |' + ' ---: |' * (len(METRICS) + 1) + ' :--- |']
   for (defense, knob_value, attack), group in cells.items():
     group = sorted(group, key=lambda r: r['seed'])
     cells_text = []
@@ -93,6 +125,7 @@ def seed_table(rows: Sequence[Mapping]) -> str:
           tables.seed_stats(group, field), baseline.get(attack)):
         text += ' ' + tables.DISTINGUISHABLE_MARK
       cells_text.append(text)
+    cells_text.append(_paired_cell(group, attack, baseline_by_seed) if defense != 'no-defense' else '—')
     label = tables.defense_label(defense, knob_value, group[0].get('knob', 'λ')).replace('|', r'\|')
     per_seed = ', '.join(f"{100 * r['attack_top1']:.0f}" for r in group)
     lines.append('| ' + ' | '.join([label, ATTACK_TITLES.get(attack, attack), str(len(group))] + cells_text
@@ -100,7 +133,8 @@ def seed_table(rows: Sequence[Mapping]) -> str:
   n = sorted({r['n_reconstructions'] for r in rows})
   lines += ['', f"Mean ± sd over seeds (sample sd); {'/'.join(map(str, n))} reconstructions per row and seed. "
             f"{tables.DISTINGUISHABLE_MARK}: top-1 differs from the no-defense row of the same attack by more "
-            "than 2 combined sd."]
+            f"than 2 combined sd. Paired Δ: per seed (same private subset, public GANs and starting latents), "
+            f"then mean ± sd; {PAIRED_MARK}: |mean Δ| > 2 sd(Δ)."]
   return '\n'.join(lines) + '\n'
 
 

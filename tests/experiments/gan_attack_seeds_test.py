@@ -39,6 +39,22 @@ def test_a_defense_is_marked_only_when_its_top1_is_two_combined_sd_from_no_defen
   assert '†' not in _line(table, '| no-defense | GMI |')
 
 
+def test_paired_differences_remove_the_spread_the_seeds_share():
+  # Seeds differ a lot, but the defense lowers each seed's top-1 by ~16 points:
+  # the unpaired test cannot tell, the paired one can.
+  base = [_row(s, top1=t) for s, t in zip((0, 1, 2), (0.56, 0.42, 0.38))]
+  defended = [_row(s, defense='label-smoothing', knob_value=-0.05, top1=t)
+              for s, t in zip((0, 1, 2), (0.38, 0.26, 0.24))]
+  line = _line(seeds.seed_table(base + defended), '| label-smoothing (α=-0.05) | GMI |')
+  deltas = [-18, -16, -14]
+  assert f"{statistics.mean(deltas):+.1f} ± {statistics.stdev(deltas):.1f} ‡" in line
+  assert '†' not in line
+  # A seed without a no-defense row is left out of the pairing.
+  lonely = [_row(7, defense='label-smoothing', knob_value=-0.05, top1=0.3)]
+  assert _line(seeds.seed_table(base + lonely), '| label-smoothing').endswith('| — | 30 |')
+  assert seeds.paired_differences(lonely, 'gmi', {('gmi', 0): 0.5}) == []
+
+
 def test_rows_that_differ_in_more_than_the_seed_are_refused():
   with pytest.raises(seeds.SeedTableError, match='n_reconstructions'):
     seeds.seed_table([_row(0), _row(1, n_reconstructions=25)])
