@@ -7,16 +7,16 @@ Every config file of this package takes one argument, the text after the
 colon of ``--config=configs/<file>.py:<argument>``: up to three words
 separated by commas, read by position (:func:`parse_argument`):
 
-  ==========  =====================================  ==================
-  position    words                                  default
-  ==========  =====================================  ==================
-  1 scale     ``tiny``, ``small``, ``paper``         ``small``
-  2 dataset   ``mnist``, ``fashion_mnist``           ``mnist``
-  3 grid      the file's grids (sparse_guard_mnist:  its first grid
+  ==========  ===========================================  ==================
+  position    words                                        default
+  ==========  ===========================================  ==================
+  1 scale     ``tiny``, ``small``, ``paper``               ``small``
+  2 dataset   ``mnist``, ``fashion_mnist``, ``cifar10``    ``mnist``
+  3 grid      the file's grids (sparse_guard_mnist:        its first grid
               ``sparse_guard``, ``all_defenses``,
               ``reproduction``);
               files without grids take two words
-  ==========  =====================================  ==================
+  ==========  ===========================================  ==================
 
 ``tiny`` is a smoke test (seconds: what the tests run), ``small`` a CPU run
 (minutes), ``paper`` the papers' settings (an accelerator). Examples:
@@ -49,6 +49,8 @@ DEFAULT_SCALE = 'small'
 NORMALIZATION = {
     'mnist': (0.1307, 0.3081),
     'fashion_mnist': (0.2860, 0.3530),
+    # One (mean, std) for all three channels: the SG code's CIFAR-10 Normalize((0.5,)*3, (0.5,)*3).
+    'cifar10': (0.5, 0.5),
 }
 DEFAULT_DATASET = 'mnist'
 
