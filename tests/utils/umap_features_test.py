@@ -68,5 +68,5 @@ def test_run_refuses_before_it_writes_anything(tmp_path, synthetic_data):
   with pytest.raises(ValueError, match=r'umap.n_points must be an integer >= 16'):
     command.run(tiny_config(n_points=15), str(tmp_path / 'new'), mesh=mesh_of(8))
   with pytest.raises(ValueError, match=r'umap.datasets must be a non-empty tuple of datasets'):
-    command.run(tiny_config(datasets=('cifar10',)), str(tmp_path / 'new'), mesh=mesh_of(8))
+    command.run(tiny_config(datasets=('imagenet',)), str(tmp_path / 'new'), mesh=mesh_of(8))
   assert [p.name for p in tmp_path.iterdir()] == [command.SUMMARY] and not synthetic_data
