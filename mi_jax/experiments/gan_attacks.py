@@ -366,7 +366,7 @@ def run_attack(name, config, *, target, gans, mesh, key, writer, identity=None):
         target=target, generator=plg_mi.plg_generator(gans['plg']), classes=classes, latent_dim=latent_dim,
         mesh=mesh, key=key, attacks_per_class=block.attacks_per_class, iterations=block.iterations,
         learning_rate=block.learning_rate, views=block.views, flip_prob=block.flip_prob, writer=writer,
-        identity=identity), {'plg_top_n': plg_top_n(config, gans['plg_public'])}
+        identity=identity), {'plg_top_n': len(gans['plg'].indices) // len(classes)}
   if name == 'ppa':
     g = gans['ppa']
     block = config.ppa
@@ -426,7 +426,7 @@ def train_plg(config, target, public_images, *, mesh, workdir):
   """PLG-MI's conditional GAN for this target (pseudo-labels from it, its max-margin term in G's loss)."""
   block = config.plg
   return plg_mi.train_plg_gan(
-      public_images=public_images, target=lambda x: target(x), classes=config.private_classes, mesh=mesh,
+      public_images=public_images, target=target, classes=config.private_classes, mesh=mesh,
       workdir=workdir, writer=MetricWriter(workdir), epochs=block.gan_epochs, seed=config.seed,
       top_n=plg_top_n(config, len(public_images)), alpha=block.alpha, latent_dim=config.gan.latent_dim,
       batch_size=config.gan.batch_size, learning_rate=block.gan_learning_rate, beta1=block.beta1, beta2=block.beta2,
@@ -614,7 +614,6 @@ def _run_points(config, workdir, *, mesh, split, public_images, public_labels, f
           plg_trained = True
           gans['plg'] = train_plg(config, target, public_images, mesh=mesh,
                                   workdir=os.path.join(point_dir, 'gans', 'plg'))
-          gans['plg_public'] = len(public_images)
         identity, lomma_fields = None, {}
         if attack.endswith('+lomma'):
           identity, lomma_fields = lomma_identity(point, defense, graphdef, state, public_images, mesh=mesh,
