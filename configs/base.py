@@ -11,7 +11,12 @@ separated by commas, read by position (:func:`parse_argument`):
   position    words                                        default
   ==========  ===========================================  ==================
   1 scale     ``tiny``, ``small``, ``paper``               ``small``
-  2 dataset   ``mnist``, ``fashion_mnist``, ``cifar10``    ``mnist``
+  2 dataset   ``mnist``, ``fashion_mnist``, ``cifar10``,   ``mnist``
+              ``medical_mnist``, ``pathmnist``,
+              ``organamnist``, ``bloodmnist``,
+              ``dermamnist``, ``celeba`` (the registered
+              sets with a target family; each needs
+              ``python -m mi_jax.data.prepare <word>``)
   3 grid      the file's grids (sparse_guard_mnist:        its first grid
               ``sparse_guard``, ``all_defenses``,
               ``reproduction``);
@@ -51,6 +56,15 @@ NORMALIZATION = {
     'fashion_mnist': (0.2860, 0.3530),
     # One (mean, std) for all three channels: the SG code's CIFAR-10 Normalize((0.5,)*3, (0.5,)*3).
     'cifar10': (0.5, 0.5),
+    # SG's Medical MNIST and the MedMNIST 2-D sets: the (0.5, 0.5) of the
+    # MedMNIST authors' training scripts (and of the SG code for its sets).
+    'medical_mnist': (0.5, 0.5),
+    'pathmnist': (0.5, 0.5),
+    'organamnist': (0.5, 0.5),
+    'bloodmnist': (0.5, 0.5),
+    'dermamnist': (0.5, 0.5),
+    # Faces: [0, 1] pixels, as the GMI line's CelebA loaders feed them.
+    'celeba': (0.0, 1.0),
 }
 DEFAULT_DATASET = 'mnist'
 

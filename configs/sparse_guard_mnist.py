@@ -42,6 +42,7 @@ from ml_collections import config_dict
 
 from configs import base
 from mi_jax import defenses
+from mi_jax.defenses import gan_opt, transfer
 
 # The defenses each grid sweeps (more knob values in sweep.knob_values); the first
 # is the default grid of the config argument.
@@ -55,6 +56,24 @@ GRIDS = {
     # The reproduction report (scripts/reproduce.sh): the SG tables' rows,
     # then the other defenses we have.
     'reproduction': SG_TABLE_DEFENSES + ('mid', 'bido', 'dp-sgd', 'transfer-learning'),
+}
+
+
+# The target family of each dataset that is not an MLP on pixels (fields of
+# config.model, and defense.features where the sparse layers' widths differ):
+# the SG paper's CNN for CIFAR-10 and Medical MNIST, whose first two
+# convolutions the sparse layers replace (16 then 32 maps on CIFAR-10 in the
+# SG code); the MedMNIST sets take the same small CNN (28×28, like Medical
+# MNIST); faces the VGG16-BN feature extractor of the GAN-attack line on
+# 64×64 CelebA, with its 512-wide dense layers.
+DATASET_MODELS = {
+    'cifar10': {'trunk': 'sg_cnn', 'features': (16, 32)},
+    'medical_mnist': {'trunk': 'sg_cnn'},
+    'pathmnist': {'trunk': 'sg_cnn'},
+    'organamnist': {'trunk': 'sg_cnn'},
+    'bloodmnist': {'trunk': 'sg_cnn'},
+    'dermamnist': {'trunk': 'sg_cnn'},
+    'celeba': {'trunk': 'vgg16', 'hidden_width': 512},
 }
 
 
@@ -81,6 +100,13 @@ def build(argument: base.Argument) -> config_dict.ConfigDict:
   # 5 fully connected layers end to end, 3 in the split setting (SG A.3),
   # counting the classifier.
   c.model.hidden_layers = config_dict.ConfigDict({'end_to_end': 4, 'split': 2})
+  # Convolutions before the dense layers (mi_jax.models.conv_trunk.TRUNKS):
+  # 'none' is the SG paper's MLP on pixels; DATASET_MODELS sets the others.
+  # A defense with a front of its own (the sparse layers) replaces the
+  # trunk. trunk_width scales the vgg16 trunk's channels (1.0: the
+  # published network).
+  c.model.trunk = 'none'
+  c.model.trunk_width = 1.0
 
   c.defense = config_dict.ConfigDict()
   c.defense.name = 'sparse-guard'  # any of mi_jax.defenses.names()
@@ -124,6 +150,18 @@ def build(argument: base.Argument) -> config_dict.ConfigDict:
   # with the papers' values and the reasons in their modules.
   for key, block in defenses.config_blocks().items():
     c.defense[key] = block
+  model = DATASET_MODELS.get(dataset, {})
+  c.model.trunk = model.get('trunk', c.model.trunk)
+  c.model.hidden_width = model.get('hidden_width', c.model.hidden_width)
+  c.defense.features = model.get('features', c.defense.features)
+  # Transfer learning's public set and GAN-opt's decoy need a dataset whose
+  # classes are disjoint from the private one's; where none is paired
+  # (transfer.OTHER_DATASET), transfer learning takes the dataset's other
+  # classes and GAN-opt trains without the decoy.
+  if dataset not in transfer.OTHER_DATASET:
+    c.defense.transfer.public = 'other_classes'
+  if dataset not in gan_opt.OTHER_DATASET:
+    c.defense.gan_opt.decoy = False
 
   c.train = base.train_block()
 
@@ -238,6 +276,8 @@ def _small(c, *, tiny: bool):
   # gradient. Sparse-Standard's one layer does backprop (its block's grad).
   c.defense.grad = 'stop'
   c.model.hidden_width = 64 if tiny else 256
+  # A sixteenth / a quarter of VGG16's channels (4 … 32 / 16 … 128 maps).
+  c.model.trunk_width = 1 / 16 if tiny else 1 / 4
   # Adam converges in the few hundred steps a CPU run affords; SGD at lr
   # 1e-3 does not. Same optimiser for every defense in the grid.
   c.train.optimizer = 'adam'

@@ -100,7 +100,8 @@ def test_every_field_of_the_own_block_has_a_rule_that_names_it(path, leaf, value
 
 
 SCALES_TEXT = "('tiny', 'small', 'paper')"
-DATASETS_TEXT = "('mnist', 'fashion_mnist', 'cifar10')"
+DATASETS_TEXT = ("('mnist', 'fashion_mnist', 'cifar10', 'medical_mnist', 'pathmnist', 'organamnist', "
+                 "'bloodmnist', 'dermamnist', 'celeba')")
 
 
 @pytest.mark.parametrize('path,arg,message', [

@@ -51,10 +51,12 @@ def _moving_parameters(target, params, leak: str):
 
   torch's SGD skips parameters whose gradient is None: those after the leak,
   and, when no gradient passes through the LCA loops (``grad='stop'``), those
-  of the front before its last sparse layer.
+  of the front before its last sparse layer. A convolutional trunk (no
+  sparse layers) moves as a whole.
   """
   front_after = getattr(target.front, 'TRAINED_AFTER_CODES', ())
-  cut = target.front is not None and all(layer.grad == 'stop' for layer in target.front.sparse_layers())
+  sparse = () if target.front is None else target.front.sparse_layers()
+  cut = bool(sparse) and all(layer.grad == 'stop' for layer in sparse)
 
   def moves(path, _):
     top = path[0].key

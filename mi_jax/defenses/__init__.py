@@ -12,6 +12,7 @@ its module with a ``register(Defense(...))`` and import it here.
 * ``build_target(config, image_shape, num_classes, rngs=)``: the one place
   that turns ``config.defense`` into a model (:mod:`mi_jax.defenses.target`);
 * ``extra_loss_for(config)`` / ``classifier_step_for(config)``: its train step;
+* ``num_classes_of(config)``: the head's width, the dataset's class count;
 * ``config_blocks()``, ``validate(config)``: the per-defense config blocks,
   mounted as ``config.defense.<block>``, checked with one-line ``ValueError``s;
 * ``get(name)``, ``names()``: the registry.
@@ -32,12 +33,13 @@ from mi_jax.defenses.target import (
     config_blocks,
     extra_loss_for,
     field_rules,
+    num_classes_of,
     validate,
 )
 
 __all__ = [
     'Defense', 'Knob', 'LEAK_OF_SETTING', 'PROTOCOLS', 'PostStep', 'SETTINGS', 'build_target',
-    'classifier_step_for', 'config_blocks', 'extra_loss_for', 'field_rules', 'get', 'names', 'register',
-    'unregister', 'validate',
+    'classifier_step_for', 'config_blocks', 'extra_loss_for', 'field_rules', 'get', 'names', 'num_classes_of',
+    'register', 'unregister', 'validate',
 ]
 

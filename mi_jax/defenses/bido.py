@@ -142,7 +142,7 @@ def make_extra_loss(*, lambda_x: float, lambda_y: float, dependence_of, y_kernel
   return extra_loss
 
 
-def extra_loss_from_config(config, num_classes: int = 10, steps_per_epoch=None):
+def extra_loss_from_config(config, num_classes: int, steps_per_epoch=None):
   """:func:`make_extra_loss` on every hidden layer, with ``config.defense.bido``'s weights and measure."""
   del steps_per_epoch  # no schedule
   cfg = config.defense.bido

@@ -63,7 +63,7 @@ from ml_collections import config_dict
 from mi_jax import data as mi_data
 from mi_jax.data.batching import DATA_AXIS, check_batch_size, process_slice
 from mi_jax.defenses.registry import Defense, Knob, register
-from mi_jax.defenses.target import build_target
+from mi_jax.defenses.target import build_target, num_classes_of
 from mi_jax.train import loop
 from mi_jax.train.state import init_train_state, make_optimizer, merge_model, replicated
 from mi_jax.train.step import jit_step
@@ -449,7 +449,7 @@ def train_dp_target(config, split, *, mesh, workdir: str, writer):
   epsilon = epsilon_spent(noise_multiplier=sigma, **accounting)
 
   image_shape = tuple(images.shape[1:])
-  model = build_target(_dp_architecture(config), image_shape, 10, rngs=nnx.Rngs(config.seed))
+  model = build_target(_dp_architecture(config), image_shape, num_classes_of(config), rngs=nnx.Rngs(config.seed))
   refuse_batch_stats(model)
   tx = make_optimizer(config.train)
   graphdef, state = init_train_state(model, tx)

@@ -44,13 +44,15 @@ to every other grid point.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import jax
 import numpy as np
 from flax import nnx
 from ml_collections import config_dict
 
 from mi_jax.defenses.registry import Defense, register
-from mi_jax.defenses.target import build_target
+from mi_jax.defenses.target import build_target, num_classes_of
 from mi_jax.train import gan as gan_train
 from mi_jax.train.classifier import train_classifier
 from mi_jax.train.state import make_optimizer
@@ -190,14 +192,16 @@ def train_on(config, images, labels, *, num_classes: int, mesh, workdir: str, wr
 
 # --------------------------------------------------------------- recipe
 
-def train_gan_augmented_target(config, split, *, mesh, workdir: str, writer, num_classes: int = 10):
+def train_gan_augmented_target(config, split, *, mesh, workdir: str, writer, num_classes: Optional[int] = None):
   """GAN augmentation; returns ``(graphdef, state, row_extras)``.
 
   Phases (each resumable): 'gan' (conditional GAN on ``split.private_*``),
   then 'target' (no-defense target on real + generated samples).
-  ``row_extras``: {'gan_epochs', 'n_generated'}.
+  ``row_extras``: {'gan_epochs', 'n_generated'}. ``num_classes``: the
+  head's width (None: the dataset's class count).
   """
   b = _block(config)
+  num_classes = num_classes_of(config) if num_classes is None else num_classes
   validate(b)
   images, labels = split.private_images, split.private_labels
   gan = train_conditional_gan(b, images, labels, num_classes=num_classes, seed=config.seed,

@@ -74,6 +74,7 @@ from mi_jax import data as mi_data
 from mi_jax.analysis.fisher import classification_loss, empirical_fisher
 from mi_jax.defenses import gan_augmentation as gan_aug
 from mi_jax.defenses.registry import Defense, register
+from mi_jax.defenses.target import num_classes_of
 from mi_jax.train.state import make_optimizer
 from mi_jax.utils import config_rules as rules
 
@@ -131,6 +132,11 @@ def validate(config_or_block) -> None:
       'ewc_lambda': rules.number(low=0),
       'fisher_examples': rules.integer(low=1),
   }, 'defense.gan_opt')
+  if 'dataset' in config_or_block and b.decoy and b.decoy_dataset is None and (
+      config_or_block.dataset not in OTHER_DATASET):
+    raise ValueError(f"defense.gan_opt.decoy needs a decoy dataset with other classes; none is paired with "
+                     f"dataset {config_or_block.dataset!r} (known pairs: {OTHER_DATASET}): set "
+                     f"defense.gan_opt.decoy_dataset or defense.gan_opt.decoy=False")
 
 
 # --------------------------------------------------------------- EWC
@@ -233,15 +239,17 @@ def decoy_training_set(config, gan, public_images, public_labels):
   return gan_aug.augmented(public_images, public_labels, fake_images, fake_labels)
 
 
-def decoy_classifier(config, split, *, mesh, workdir: str, writer, num_classes: int = 10,
+def decoy_classifier(config, split, *, mesh, workdir: str, writer, num_classes: Optional[int] = None,
                      public: Optional[tuple[np.ndarray, np.ndarray]] = None, gan=None):
   """The trained decoy ("public classifier") as ``(graphdef, state, n_fakes)``.
 
   Trains the GAN and the decoy, or resumes both from ``workdir`` (phases
   'gan' and 'decoy'). ``public``: (images, labels) overriding the configured
   public set (unit tests pass synthetic data; experiments never should).
+  ``num_classes``: the head's width (None: the dataset's class count).
   """
   validate(config)
+  num_classes = num_classes_of(config) if num_classes is None else num_classes
   b = config.defense.gan_opt
   if public is None:
     limit = b.decoy_limit if b.decoy_limit is not None else config.data.private_limit
@@ -277,7 +285,7 @@ def target_training_set(config, gan, real_images, real_labels):
   return images, labels, fake_images, fake_labels
 
 
-def train_gan_opt_target(config, split, *, mesh, workdir: str, writer, num_classes: int = 10,
+def train_gan_opt_target(config, split, *, mesh, workdir: str, writer, num_classes: Optional[int] = None,
                          public: Optional[tuple[np.ndarray, np.ndarray]] = None):
   """GAN-opt (and GAN-opt++); returns ``(graphdef, state, row_extras)``.
 
@@ -286,6 +294,7 @@ def train_gan_opt_target(config, split, *, mesh, workdir: str, writer, num_class
   'n_generated', 'variant', 'plus_plus', 'n_decoy_generated'}.
   """
   validate(config)
+  num_classes = num_classes_of(config) if num_classes is None else num_classes
   b = config.defense.gan_opt
   gan = _gan(config, split, num_classes=num_classes, mesh=mesh, workdir=workdir, writer=writer)
   n_decoy = 0

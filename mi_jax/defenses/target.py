@@ -4,6 +4,8 @@ This module imports only the registry (not the defense modules), so a
 defense's training recipe can import :func:`build_target` at its top.
 
 * ``build_target(config, image_shape, num_classes, rngs=)``: the network;
+* ``num_classes_of(config)``: the width of the classifier head, the
+  dataset's class count;
 * ``extra_loss_for(config)``: the regulariser of the train step (None: CE);
 * ``classifier_step_for(config)``: ``make_step(graphdef, tx)`` for
   :func:`mi_jax.train.classifier.train_classifier` with the defense's
@@ -17,7 +19,9 @@ from typing import Optional
 
 from flax import nnx
 
+from mi_jax.data.registry import get_spec
 from mi_jax.defenses import registry
+from mi_jax.models.conv_trunk import build_trunk
 from mi_jax.models.target import TargetNetwork
 from mi_jax.train.step import make_classifier_step
 
@@ -64,11 +68,27 @@ def validate(config, *, only_active: bool = False) -> None:
       defense.validate(config)
 
 
+def num_classes_of(config) -> int:
+  """The classifier head's width: the class count of ``config.dataset``
+  (10 for the digits and CIFAR-10, 6 for Medical MNIST, 9 for PathMNIST …)."""
+  return get_spec(config.dataset).num_classes
+
+
 def build_target(config, image_shape, num_classes, *, rngs: nnx.Rngs) -> TargetNetwork:
-  """The defended target network described by ``config``."""
+  """The defended target network described by ``config``.
+
+  The front is the defense's when it has one (its sparse layers take the
+  place of a convolutional trunk's convolutions, as in the SG paper's CNN),
+  else the trunk of ``model.trunk`` (:mod:`mi_jax.models.conv_trunk`;
+  'none', the MLP on pixels, when the config has no such field).
+  """
   defense = registry.get(config.defense.name)
   legacy = config.protocol == 'sg_legacy'
-  front = None if defense.front is None else defense.front(config.defense, image_shape, legacy=legacy, rngs=rngs)
+  if defense.front is not None:
+    front = defense.front(config.defense, image_shape, legacy=legacy, rngs=rngs)
+  else:
+    front = build_trunk(config.model.get('trunk', 'none'), image_shape, features=tuple(config.defense.features),
+                        width=config.model.get('trunk_width', 1.0), rngs=rngs)
   hooks = {} if defense.target_hooks is None else defense.target_hooks(config)
   return TargetNetwork(
       image_shape=image_shape,
@@ -105,14 +125,16 @@ def _layout(config, image_shape) -> dict:
           'linear_layers': ('hidden_4',)}
 
 
-def extra_loss_for(config, *, num_classes: int = 10, steps_per_epoch: Optional[int] = None):
+def extra_loss_for(config, *, num_classes: Optional[int] = None, steps_per_epoch: Optional[int] = None):
   """The ``extra_loss`` of ``make_classifier_step`` for the active defense, or None.
+  ``num_classes``: the head's width (None: :func:`num_classes_of`).
   ``steps_per_epoch`` (the training data's) serves regularisers with an epoch schedule."""
   defense = registry.get(config.defense.name)
+  num_classes = num_classes_of(config) if num_classes is None else num_classes
   return None if defense.extra_loss is None else defense.extra_loss(config, num_classes, steps_per_epoch)
 
 
-def classifier_step_for(config, *, num_classes: int = 10, steps_per_epoch: Optional[int] = None):
+def classifier_step_for(config, *, num_classes: Optional[int] = None, steps_per_epoch: Optional[int] = None):
   """``make_step(graphdef, tx)``: the active defense's supervised train step."""
   defense = registry.get(config.defense.name)
   extra_loss = extra_loss_for(config, num_classes=num_classes, steps_per_epoch=steps_per_epoch)

@@ -56,7 +56,9 @@ from ml_collections import config_dict
 from mi_jax import data as mi_data
 from mi_jax.analysis.fisher import layer_name, layer_sizes, model_layer_order, rank_for_freezing
 from mi_jax.defenses.registry import Defense, Knob, register
-from mi_jax.defenses.target import build_target
+from mi_jax.data.registry import get_spec
+from mi_jax.defenses.target import build_target, num_classes_of
+from mi_jax.models.conv_trunk import parameterised_layers
 from mi_jax.train.classifier import train_classifier
 from mi_jax.train.state import make_optimizer, merge_model, split_model
 from mi_jax.train.step import make_classifier_step
@@ -265,13 +267,23 @@ def validate(config_or_block) -> None:
     raise ValueError('defense.transfer.fisher_json must name a fisher.json (experiments/fisher_importance.py) when freeze_by=fisher')
   if 'defense' in config_or_block:
     config = config_or_block
+    classes_of_dataset = get_spec(config.dataset).num_classes
+    if max(classes) >= classes_of_dataset:
+      raise ValueError(f'defense.transfer.private_classes must lie in [0, {classes_of_dataset}) (the classes of '
+                       f'{config.dataset}), got {classes!r}')
+    if b.public == 'other_dataset' and b.public_dataset is None and config.dataset not in OTHER_DATASET:
+      raise ValueError(f"defense.transfer.public='other_dataset' needs a dataset with other classes; none is "
+                       f"paired with dataset {config.dataset!r} (known pairs: {OTHER_DATASET}): set "
+                       f"defense.transfer.public_dataset or defense.transfer.public='other_classes'")
     hidden = config.model.hidden_layers[config.setting]
+    trunk = parameterised_layers(config.model.get('trunk', 'none'))
+    layers = hidden + 1 + trunk
     field = {'depth': 'freeze_depth', 'fisher': 'fisher_rank'}.get(b.freeze_by)
-    if field is not None and not b[field] < hidden + 1:
+    if field is not None and not b[field] < layers:
       raise ValueError(
-          f'defense.transfer.{field} must be below the number of layers of the transfer target, {hidden + 1} '
-          f'(model.hidden_layers.{config.setting} = {hidden} hidden + the classifier), so that a layer trains; '
-          f'got {b[field]!r}')
+          f'defense.transfer.{field} must be below the number of layers of the transfer target, {layers} '
+          f'({trunk} of model.trunk, model.hidden_layers.{config.setting} = {hidden} hidden + the classifier), '
+          f'so that a layer trains; got {b[field]!r}')
 
 
 # ----------------------------------------------------------------- data
@@ -327,7 +339,7 @@ def _mask_from_config(block, params, order):
                      importance=_load_importance(block.fisher_json))
 
 
-def train_transfer_target(config, split, *, mesh, workdir: str, writer, num_classes: int = 10,
+def train_transfer_target(config, split, *, mesh, workdir: str, writer, num_classes: Optional[int] = None,
                           public: Optional[tuple[np.ndarray, np.ndarray]] = None):
   """TL-DMI's two stages; returns ``(graphdef, state, row_extras)``.
 
@@ -342,9 +354,11 @@ def train_transfer_target(config, split, *, mesh, workdir: str, writer, num_clas
   ``public``: (images, labels) overriding the configured public source
   (unit tests pass synthetic data here; experiments never should).
   ``row_extras``: {'theta_c', 'theta_t', 'frozen_layers', 'public_source'}.
+  ``num_classes``: the head's width (None: the dataset's class count).
   """
 
   validate(config)
+  num_classes = num_classes_of(config) if num_classes is None else num_classes
   b = config.defense.transfer
   if b.public == 'other_classes':
     leaked = sorted(set(np.unique(split.private_labels)) - set(int(c) for c in b.private_classes))

@@ -92,7 +92,7 @@ def _target(config, split, *, mesh, workdir):
   from mi_jax.utils.metric_writer import MetricWriter
 
   image_shape = tuple(split.private_images.shape[1:])
-  model = defenses.build_target(config, image_shape, 10, rngs=nnx.Rngs(config.seed))
+  model = defenses.build_target(config, image_shape, defenses.num_classes_of(config), rngs=nnx.Rngs(config.seed))
   tx = make_optimizer(config.train)
   if config.fisher.checkpoint:
     graphdef, state = _restored_state(model, tx, config.fisher.checkpoint, mesh)
@@ -205,7 +205,7 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
   importance = fisher.layer_importance(
       graphdef, params, model_state,
       validation_images=split.heldout_images[:n_val], validation_labels=split.heldout_labels[:n_val],
-      private_images=private_images, private_labels=private_labels, num_classes=10,
+      private_images=private_images, private_labels=private_labels, num_classes=defenses.num_classes_of(config),
       batch_size=config.fisher.batch_size, mesh=mesh,
       inversion_images=inversion_images[:n_inv], inversion_labels=private_labels[:n_inv])
   order = fisher.model_layer_order(graphdef, params, model_state, private_images[:1])

@@ -214,6 +214,16 @@ def validate_config(config, *, num_devices: int, sizes=None) -> None:
   target_sizes = {'private': sizes.get('private')}  # no surrogate attack here: no held-out batch
   experiment.validate_config(config, num_devices=num_devices, sizes=target_sizes)
   private, public = tuple(config.private_classes), tuple(config.public_classes)
+  # The GMI line's face protocol (1000 private identities, the public
+  # identities for the GAN, a face evaluation classifier) is not built: the
+  # class-split protocol here is the digits'.
+  _check(not config.dataset.startswith('celeba'),
+         f"dataset {config.dataset!r}: the GAN attacks' CelebA identity protocol is not implemented; "
+         f"use a dataset with a class split (mnist, fashion_mnist, cifar10, the medical sets)")
+  num_classes = mi_data.get_spec(config.dataset).num_classes
+  _check(max(private + public) < num_classes,
+         f"private_classes and public_classes must lie in [0, {num_classes}) (the classes of {config.dataset}), "
+         f"got {private!r} and {public!r}")
   _check(len(set(config.defenses)) == len(config.defenses),
          f"defenses must be a non-empty tuple of distinct defense names, got {tuple(config.defenses)!r}")
   _check(len(set(private)) == len(private), f"private_classes must be distinct digits, got {private!r}")
@@ -272,7 +282,7 @@ def attack_target_fn(config, defense: str, graphdef, state, image_shape, *, acti
     return make(graphdef, state)
   from flax import nnx
   point = _point_config(config, defense, grad=config.attack_grad)
-  model = defenses.build_target(point, image_shape, 10, rngs=nnx.Rngs(0))
+  model = defenses.build_target(point, image_shape, defenses.num_classes_of(point), rngs=nnx.Rngs(0))
   attack_graphdef, _, _ = nnx.split(model, nnx.Param, ...)
   return make(attack_graphdef, state)
 
@@ -460,7 +470,7 @@ def train_students(config, teacher, public_images, *, mesh, workdir) -> list:
     point.defense.name = 'no-defense'
     point.model.hidden_width = max(1, int(config.model.hidden_width * 2.0 ** (k - 1)))
     point.train.optimizer, point.train.learning_rate = 'adam', config.lomma.student_learning_rate
-    model = defenses.build_target(point, tuple(public_images.shape[1:]), 10, rngs=nnx.Rngs(config.seed + 101 + k))
+    model = defenses.build_target(point, tuple(public_images.shape[1:]), defenses.num_classes_of(point), rngs=nnx.Rngs(config.seed + 101 + k))
     student_dir = os.path.join(workdir, f'student_{k}')
     graphdef, state = train_classifier(
         model=model, tx=make_optimizer(point.train), images=public_images, labels=teacher_logits,

@@ -24,6 +24,7 @@ from flax import nnx
 from mi_jax import data as mi_data
 from mi_jax import defenses
 from mi_jax.judge import SCALES as JUDGE_SCALES
+from mi_jax.models import conv_trunk
 from mi_jax.attacks.surrogate import legacy_surrogate_attack, query_target, surrogate_attack
 from mi_jax.experiments import common, evaluation, sweep, tables
 from mi_jax.train.classifier import train_classifier
@@ -82,6 +83,8 @@ FIELDS = {
     'model.hidden_width': rules.integer(low=1),
     'model.hidden_layers.end_to_end': rules.integer(low=1),
     'model.hidden_layers.split': rules.integer(low=1),
+    'model.trunk': rules.one_of(conv_trunk.TRUNKS),
+    'model.trunk_width': rules.number(above=0),
     'train.optimizer': rules.one_of(OPTIMIZERS),
     'train.learning_rate': rules.number(above=0),
     'train.momentum': rules.number(low=0, below=1),
@@ -163,6 +166,15 @@ def _check_relations(config, num_devices: int) -> None:
               and config.model.hidden_layers.end_to_end != 4),
          f"model.hidden_layers.end_to_end must be 4 under protocol='sg_legacy' (the SG end-to-end networks), "
          f"got {config.model.hidden_layers.end_to_end!r}")
+  _check(not (config.protocol == 'sg_legacy' and config.model.trunk == 'vgg16'),
+         "model.trunk='vgg16' has no protocol='sg_legacy' form (the SG code has no face target); "
+         "use protocol='corrected' or model.trunk in ('none', 'sg_cnn')")
+  if config.model.trunk == 'vgg16':
+    h, w, _ = mi_data.get_spec(config.dataset).image_shape
+    multiple = conv_trunk.VGG16_DOWNSAMPLING
+    _check(h % multiple == 0 and w % multiple == 0,
+           f"model.trunk='vgg16' needs images whose sides are multiples of {multiple}; "
+           f"dataset {config.dataset!r} has {h}×{w}")
   _check_defenses(config, only_active=True)  # again: the point's knob value, in the point's setting
 
 
@@ -238,7 +250,7 @@ def train_target(config, split, *, mesh, workdir, writer):
   if defense.recipe is not None:
     return defense.recipe(config, split, mesh=mesh, workdir=workdir, writer=writer)
   image_shape = tuple(split.private_images.shape[1:])
-  model = defenses.build_target(config, image_shape, 10, rngs=nnx.Rngs(config.seed))
+  model = defenses.build_target(config, image_shape, defenses.num_classes_of(config), rngs=nnx.Rngs(config.seed))
   graphdef, state = train_classifier(
       model=model, tx=make_optimizer(config.train), images=split.private_images,
       labels=split.private_labels, batch_size=config.train.batch_size, epochs=config.train.epochs,

@@ -38,7 +38,8 @@ def _flag_error(*args) -> str:
     ((f'--config={SG}:huge',),
      f"--config={SG}:huge: config argument scale must be one of ('tiny', 'small', 'paper'), got 'huge'"),
     ((f'--config={SG}:tiny,cifar',),
-     f"--config={SG}:tiny,cifar: config argument dataset must be one of ('mnist', 'fashion_mnist', 'cifar10'), got 'cifar'"),
+     f"--config={SG}:tiny,cifar: config argument dataset must be one of ('mnist', 'fashion_mnist', 'cifar10', 'medical_mnist', "
+     "'pathmnist', 'organamnist', 'bloodmnist', 'dermamnist', 'celeba'), got 'cifar'"),
     ((f'--config={SG}:tiny', '--config.train.learning_rate=abc'),
      "flag --config.train.learning_rate=abc: could not convert string to float: 'abc'"),
 ])
