@@ -76,14 +76,16 @@ class Argument(NamedTuple):
   grid: str | None
 
 
-def parse_argument(arg: str | None, *, grids: Sequence[str] = ()) -> Argument:
+def parse_argument(arg: str | None, *, grids: Sequence[str] = (),
+                   datasets: Sequence[str] = tuple(NORMALIZATION)) -> Argument:
   """``'scale[,dataset[,grid]]'`` → :class:`Argument` (module docstring).
 
   ``grids``: the grid words the calling file knows, its default first; empty
-  for a file that takes no grid word. Empty words are skipped (``'tiny,'``
+  for a file that takes no grid word. ``datasets``: the dataset words the
+  file can run (default: every word of the table). Empty words are skipped (``'tiny,'``
   is ``'tiny'``), and an empty or None argument is every default.
   """
-  positions = [('scale', SCALES, DEFAULT_SCALE), ('dataset', tuple(NORMALIZATION), DEFAULT_DATASET)]
+  positions = [('scale', SCALES, DEFAULT_SCALE), ('dataset', tuple(datasets), DEFAULT_DATASET)]
   if grids:
     positions.append(('grid', tuple(grids), grids[0]))
   words = [word for word in (arg or '').split(',') if word]

@@ -26,7 +26,10 @@ digits (PSNR well above the untrained-decoder baseline); sparse coding
 lowers PSNR/SSIM at a small accuracy cost, more so as λ grows.
 
 Arguments: ``scale[,dataset[,grid]]`` (``configs.base`` documents them), e.g.
-``small`` (default), ``tiny,fashion_mnist``; the grid ``all_defenses`` sweeps
+``small`` (default), ``tiny,fashion_mnist``, ``small,medical_mnist``. Each
+dataset brings its target family (``DATASET_MODELS``: the SG CNN for CIFAR-10
+and the medical sets, VGG16-BN for faces; the MLP on pixels for the digits)
+and its class count; the grid ``all_defenses`` sweeps
 every defense of both papers (issue 4; ``scripts/run_defense_grid.sh``):
 
   python -m experiments.sparse_guard \
@@ -243,6 +246,10 @@ def build(argument: base.Argument) -> config_dict.ConfigDict:
     c.sweep.defenses = GRIDS[grid]
     # SG Table 1's λ values and App. B's two Laplace scales.
     c.sweep.knob_values.laplace_noise = (0.5, 1.0)
+
+  if c.model.trunk == 'vgg16':
+    # DP-SGD clips per example; VGG16's BatchNorm mixes the batch (dp_sgd.validate_config).
+    c.sweep.defenses = tuple(name for name in c.sweep.defenses if name != 'dp-sgd')
 
   if scale in ('small', 'tiny'):
     _small(c, tiny=scale == 'tiny')

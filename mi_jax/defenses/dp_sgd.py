@@ -129,6 +129,11 @@ def validate_config(config) -> None:
   if 'dp_sgd' not in config.defense:
     raise ValueError("defense.dp_sgd is missing: defense.name='dp-sgd' needs its config block")
   validate(config.defense.dp_sgd)
+  # The VGG16 trunk's BatchNorm mixes the examples of a batch, which
+  # per-example clipping cannot bound (refuse_batch_stats, at build time).
+  if config.defense.name == NAME and 'model' in config and config.model.get('trunk', 'none') == 'vgg16':
+    raise ValueError("defense.name='dp-sgd' cannot train model.trunk='vgg16' (BatchNorm statistics mix the "
+                     "examples that DP-SGD clips one by one); use model.trunk in ('none', 'sg_cnn')")
 
 
 # ----------------------------------------------------------------------------

@@ -88,8 +88,9 @@ ConfigError = common.ConfigError
 _check = common.check
 
 
-def _digits(min_length: int, what: str) -> rules.Rule:
-  return rules.tuple_of(rules.integer(low=0, high=9), min_length=min_length, text=f'{what} in [0, 9]')
+def _classes(min_length: int, what: str) -> rules.Rule:
+  # The upper bound is the dataset's class count, checked in validate_config.
+  return rules.tuple_of(rules.integer(low=0), min_length=min_length, text=f'{what} (integers >= 0)')
 
 
 def base_attack(attack: str) -> str:
@@ -109,8 +110,8 @@ FIELDS = {
     'experiment': rules.one_of(('gan_attacks',)),
     'attacks': rules.tuple_of(rules.one_of(ATTACKS), min_length=1, text=f'a non-empty tuple of {ATTACKS}'),
     'attack_grad': rules.one_of(SCL_GRADS),
-    'private_classes': _digits(2, 'at least 2 distinct digits'),
-    'public_classes': _digits(1, 'at least 1 distinct digit'),
+    'private_classes': _classes(2, 'at least 2 distinct classes'),
+    'public_classes': _classes(1, 'at least 1 distinct class'),
     'data.public_limit': rules.optional(rules.integer(low=1)),
     'data.test_limit': rules.optional(rules.integer(low=1)),
     'gan.latent_dim': rules.integer(low=1),
@@ -210,9 +211,9 @@ def validate_config(config, *, num_devices: int, sizes=None) -> None:
       **FIELDS, 'defenses': rules.tuple_of(
           rules.one_of(defenses.names()), min_length=1,
           text=f'a non-empty tuple of distinct defense names from {defenses.names()}')})
+  common.check_fields(config, {'dataset': experiment.REGISTERED_DATASET})
   sizes = _sizes(config) if sizes is None else sizes
   target_sizes = {'private': sizes.get('private')}  # no surrogate attack here: no held-out batch
-  experiment.validate_config(config, num_devices=num_devices, sizes=target_sizes)
   private, public = tuple(config.private_classes), tuple(config.public_classes)
   # The GMI line's face protocol (1000 private identities, the public
   # identities for the GAN, a face evaluation classifier) is not built: the
@@ -224,10 +225,11 @@ def validate_config(config, *, num_devices: int, sizes=None) -> None:
   _check(max(private + public) < num_classes,
          f"private_classes and public_classes must lie in [0, {num_classes}) (the classes of {config.dataset}), "
          f"got {private!r} and {public!r}")
+  experiment.validate_config(config, num_devices=num_devices, sizes=target_sizes)
   _check(len(set(config.defenses)) == len(config.defenses),
          f"defenses must be a non-empty tuple of distinct defense names, got {tuple(config.defenses)!r}")
-  _check(len(set(private)) == len(private), f"private_classes must be distinct digits, got {private!r}")
-  _check(len(set(public)) == len(public), f"public_classes must be distinct digits, got {public!r}")
+  _check(len(set(private)) == len(private), f"private_classes must be distinct classes, got {private!r}")
+  _check(len(set(public)) == len(public), f"public_classes must be distinct classes, got {public!r}")
   _check(not set(private) & set(public),
          f"public_classes must not overlap private_classes (TL protocol), got {public!r} and {private!r}")
   # A stratified subset keeps at least one image per class.

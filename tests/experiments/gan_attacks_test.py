@@ -140,6 +140,10 @@ def test_every_attack_against_two_defenses(tmp_path, synthetic_data):
     # Issue 10: passed validation, then the NaN guard's traceback.
     ({'gan.learning_rate': float('inf')}, 'gan.learning_rate must be a finite number > 0, got inf'),
     ({'gan.batch_size': 128}, 'gan.batch_size must be at most the 64 images of the public set'),
+    # Issue 14: class splits beyond a dataset's classes; faces need the identity protocol.
+    ({'dataset': 'medical_mnist', 'defense.transfer.public': 'other_classes', 'defense.gan_opt.decoy': False},
+     r'must lie in \[0, 6\) \(the classes of medical_mnist\)'),
+    ({'dataset': 'celeba'}, "the GAN attacks' CelebA identity protocol is not implemented"),
 ])
 def test_bad_config_fails_with_one_line_and_writes_nothing(tmp_path, override, message):
   with pytest.raises(gan_experiment.ConfigError, match=message) as error:

@@ -49,31 +49,37 @@ def test_tiny_sweep_writes_table_rows_and_figure(tmp_path, synthetic_split):
     experiment.run(config, str(tmp_path), mesh=mesh_of(8))
 
 
-def _synthetic_rgb(n, seed):
-  """SYNTHETIC (unit test only) 32×32×3 images whose label is a bright row and channel."""
+def _synthetic_images(n, seed, shape, num_classes):
+  """SYNTHETIC (unit test only) images of ``shape`` whose label is a bright row and channel."""
   rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 10, n)
-  images = rng.integers(0, 128, (n, 32, 32, 3)).astype(np.uint8)
-  images[np.arange(n), labels * 3, :, labels % 3] = 255
+  h, w, c = shape
+  labels = rng.integers(0, num_classes, n)
+  images = rng.integers(0, 128, (n, h, w, c)).astype(np.uint8)
+  images[np.arange(n), (labels * 3) % h, :, labels % c] = 255
   return images, labels.astype(np.int64)
 
 
-def test_tiny_cifar10_config_runs_the_sg_family_on_colour_images(tmp_path, monkeypatch):
-  """``tiny,cifar10``: the SG 'linear network' family and Sparse-Guard (3-channel LCA) on 32×32×3."""
-  private, heldout = _synthetic_rgb(64, 3), _synthetic_rgb(32, 4)
+@pytest.mark.parametrize('dataset,trunk', [('cifar10', 'sg_cnn'), ('medical_mnist', 'sg_cnn'),
+                                           ('dermamnist', 'sg_cnn'), ('celeba', 'vgg16')])
+def test_tiny_config_of_each_image_set_runs_its_target_family(tmp_path, monkeypatch, dataset, trunk):
+  """``tiny,<dataset>``: the dataset's convolutional target, its class count
+  and Sparse-Guard (the sparse layers in place of the convolutions) end to end."""
+  spec = mi_data.get_spec(dataset)
+  shape, k = spec.image_shape, spec.num_classes
+  private, heldout = _synthetic_images(64, 3, shape, k), _synthetic_images(32, 4, shape, k)
   split = mi_data.ProtocolSplit(*private, *heldout)
-  monkeypatch.setattr(experiment.mi_data, 'load_sparse_guard', lambda *a, **k: split)
+  monkeypatch.setattr(experiment.mi_data, 'load_sparse_guard', lambda *a, **kw: split)
   monkeypatch.setattr(experiment.mi_data, 'load',
-                      lambda name, which, **k: _synthetic_rgb(256 if which == 'train' else 64, 5))
-  config = load_config('tiny,cifar10')
-  assert config.dataset == 'cifar10' and tuple(config.data.normalization) == (0.5, 0.5)
+                      lambda name, which, **kw: _synthetic_images(256 if which == 'train' else 64, 5, shape, k))
+  config = load_config(f'tiny,{dataset}')
+  assert config.dataset == dataset and config.model.trunk == trunk
   rows = experiment.run(config, str(tmp_path), mesh=mesh_of(8))
   assert [r['defense'] for r in rows] == ['no-defense', 'sparse-guard']
   for row in rows:
-    assert row['dataset'] == 'cifar10' and row['judge'] == 'evaluation_cnn_cifar10_tiny'
+    assert row['dataset'] == dataset and row['judge'] == f'evaluation_cnn_{dataset}_tiny'
     assert np.isfinite(row['psnr']) and 0 <= row['accuracy'] <= 1
   figure = np.load(tmp_path / 'points' / os.listdir(tmp_path / 'points')[0] / 'figure.npz')
-  assert any(array.shape[-3:] == (32, 32, 3) for array in figure.values())
+  assert any(array.shape[-3:] == tuple(shape) for array in figure.values())
 
 
 def test_finished_points_are_not_rerun(tmp_path, synthetic_split, monkeypatch):
