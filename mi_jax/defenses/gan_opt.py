@@ -132,8 +132,10 @@ def validate(config_or_block) -> None:
       'ewc_lambda': rules.number(low=0),
       'fisher_examples': rules.integer(low=1),
   }, 'defense.gan_opt')
-  if 'dataset' in config_or_block and b.decoy and b.decoy_dataset is None and (
-      config_or_block.dataset not in OTHER_DATASET):
+  # Only for the active defense (as transfer.validate): other defenses'
+  # configs on a dataset without a pair must still validate.
+  if ('dataset' in config_or_block and config_or_block.defense.name == NAME and b.decoy
+      and b.decoy_dataset is None and config_or_block.dataset not in OTHER_DATASET):
     raise ValueError(f"defense.gan_opt.decoy needs a decoy dataset with other classes; none is paired with "
                      f"dataset {config_or_block.dataset!r} (known pairs: {OTHER_DATASET}): set "
                      f"defense.gan_opt.decoy_dataset or defense.gan_opt.decoy=False")

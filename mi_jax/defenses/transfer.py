@@ -268,10 +268,13 @@ def validate(config_or_block) -> None:
   if 'defense' in config_or_block:
     config = config_or_block
     classes_of_dataset = get_spec(config.dataset).num_classes
-    if max(classes) >= classes_of_dataset:
+    if config.defense.name == NAME and b.public == 'other_classes' and max(classes) >= classes_of_dataset:
       raise ValueError(f'defense.transfer.private_classes must lie in [0, {classes_of_dataset}) (the classes of '
                        f'{config.dataset}), got {classes!r}')
-    if b.public == 'other_dataset' and b.public_dataset is None and config.dataset not in OTHER_DATASET:
+    # Only for the active defense: a config of another defense (or a sweep
+    # point of one) on a dataset without a pair must still validate.
+    if (config.defense.name == NAME and b.public == 'other_dataset' and b.public_dataset is None
+        and config.dataset not in OTHER_DATASET):
       raise ValueError(f"defense.transfer.public='other_dataset' needs a dataset with other classes; none is "
                        f"paired with dataset {config.dataset!r} (known pairs: {OTHER_DATASET}): set "
                        f"defense.transfer.public_dataset or defense.transfer.public='other_classes'")

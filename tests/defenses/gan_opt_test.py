@@ -178,3 +178,16 @@ def test_gan_opt_plus_plus_recipe_end_to_end(tmp_path, monkeypatch):
   acts = model.activations(split.heldout_images[:4], train=False)
   assert acts['logits'].shape == (4, 10) and np.all(np.isfinite(np.asarray(acts['logits'])))
   assert acts['first'].shape[0] == 4
+
+
+def test_a_dataset_without_a_decoy_pair_trains_without_the_decoy_and_refuses_one():
+  config = load_config('tiny,dermamnist')
+  assert config.defense.gan_opt.decoy is False
+  config.unlock()
+  config.defense.name = 'gan-opt'
+  gan_opt.validate(config)
+  config.defense.gan_opt.decoy = True
+  with pytest.raises(ValueError, match="decoy needs a decoy dataset with other classes; none is paired with dataset 'dermamnist'"):
+    gan_opt.validate(config)
+  config.defense.name = 'no-defense'  # another defense's config still validates
+  gan_opt.validate(config)

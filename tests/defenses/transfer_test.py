@@ -167,6 +167,34 @@ def test_config_block_validation():
     transfer.validate(config)
 
 
+def _active(dataset, **fields):
+  config = load_config(f'tiny,{dataset}')
+  config.unlock()
+  config.defense.name = 'transfer-learning'
+  for field, value in fields.items():
+    config.defense.transfer[field] = value
+  return config
+
+
+def test_datasets_without_a_pair_take_their_other_classes_and_the_trunk_counts_toward_freeze_depth():
+  # Medical MNIST has no dataset with disjoint classes paired: the config
+  # pre-trains on its other classes; asking for the pair is refused.
+  transfer.validate(_active('medical_mnist'))
+  assert load_config('tiny,medical_mnist').defense.transfer.public == 'other_classes'
+  with pytest.raises(ValueError, match="public='other_dataset' needs a dataset with other classes"):
+    transfer.validate(_active('medical_mnist', public='other_dataset'))
+  with pytest.raises(ValueError, match=r'private_classes must lie in \[0, 6\) \(the classes of medical_mnist\)'):
+    transfer.validate(_active('medical_mnist', private_classes=(0, 7)))
+  # CIFAR-10's sg_cnn trunk adds 2 layers: split = 2 convs + 2 hidden + the classifier.
+  config = _active('cifar10', freeze_depth=4)
+  config.setting = 'split'
+  transfer.validate(config)
+  config.defense.transfer.freeze_depth = 5
+  with pytest.raises(ValueError, match=r'freeze_depth must be below the number of layers of the transfer target, 5 '
+                                       r'\(2 of model.trunk'):
+    transfer.validate(config)
+
+
 def test_other_classes_needs_a_restricted_split(tmp_path):
   images, labels = synthetic_digits(40)
   split = mi_data.ProtocolSplit(images, labels, images, labels)
