@@ -97,6 +97,10 @@ def build(argument: base.Argument) -> config_dict.ConfigDict:
   c.setting = 'end_to_end'  # or 'split' (leaks the first dense layer)
 
   c.data = base.data_block(dataset)
+  # The private images the attack inverts and the metrics score: a
+  # class-stratified subset of this size (None: the whole private set, as in
+  # the SG paper). The target always trains on the whole private set.
+  c.data.attacked_limit = config_dict.placeholder(int)
 
   c.model = config_dict.ConfigDict()
   c.model.hidden_width = 500  # SG's Linear(·, 500) layers

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +57,10 @@ def _choices(options, what: str) -> rules.Rule:
   return rules.tuple_of(rules.one_of(options), min_length=1, text=f"a non-empty tuple of {what} from {tuple(options)}")
 
 
+# The stream of the attacked subset's draw (data.attacked_limit); the
+# protocol split's two roles use salts 0 and 1 (mi_jax.data.splits).
+_ATTACKED_SALT = 2
+
 # Checked against the registry when a config is validated, not at import: a
 # config file may register the user's own data (mi_jax.data.register_local).
 REGISTERED_DATASET = rules.Rule(
@@ -79,6 +84,7 @@ FIELDS = {
     'data.private_fraction': rules.number(above=0, below=1),
     'data.private_limit': rules.optional(rules.integer(low=1)),
     'data.heldout_limit': rules.optional(rules.integer(low=1)),
+    'data.attacked_limit': rules.optional(rules.integer(low=1)),
     'data.normalization': rules.tuple_of(rules.number(), length=2, text='(mean, std), two finite numbers'),
     'model.hidden_width': rules.integer(low=1),
     'model.hidden_layers.end_to_end': rules.integer(low=1),
@@ -205,6 +211,10 @@ def _check_sizes(config, sizes) -> None:
       fits.append(('attack.batch_size', config.attack.batch_size, heldout, 'held-out set'))
   for field, batch, n, what in fits:
     _check(batch <= n, f"{field} must be at most the {n} images of the {what}, got {batch!r}")
+  attacked = config.data.attacked_limit
+  if attacked is not None and private is not None:
+    _check(attacked <= private, f"data.attacked_limit must be at most the {private} images of the private set "
+           f"(or None: all of them), got {attacked!r}")
   defense = defenses.get(config.defense.name)
   if defense.check_sizes is not None:
     try:
@@ -291,16 +301,43 @@ def legacy_attacker_settings(config) -> dict:
               checkpoint_every_seconds=a.checkpoint_every_seconds)
 
 
-def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) -> tuple[dict, dict]:
+def attacked_indices(config, split) -> Optional[np.ndarray]:
+  """Indices of the private images the attack inverts and the metrics score:
+  all of them (None) unless ``data.attacked_limit`` asks for a class-stratified
+  subset (drawn with ``config.seed``, in the private set's order).
+
+  The target still trains on the whole private set: a larger training set
+  buys target accuracy, and a subset keeps the attacker's queries and the
+  metrics at a fixed cost (on a CPU a query of a sparse target is an LCA
+  pass, ~10 ms per image).
+  """
+  limit = config.data.attacked_limit
+  if limit is None:
+    return None
+  try:
+    return mi_data.stratified_subsample(split.private_labels, limit, seed=config.seed, salt=_ATTACKED_SALT,
+                                        field='data.attacked_limit')
+  except ValueError as error:
+    raise ConfigError(str(error)) from None
+
+
+def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None,
+              attacked=None) -> tuple[dict, dict]:
   """Target → accuracy → attack → metrics; returns (results row, figure images).
 
   ``judge`` (with ``judged_private``, the private images in its feature
-  space) adds attack accuracy and KNN distance to the row.
+  space) adds attack accuracy and KNN distance to the row. ``attacked``
+  (:func:`attacked_indices`) selects the private images attacked and scored;
+  None: all of them.
   """
   storage.makedirs(workdir)
   writer = MetricWriter(workdir)
   started = time.perf_counter()
   graphdef, state, row_extras = train_target(config, split, mesh=mesh, workdir=workdir, writer=writer)
+  private_images, private_labels = split.private_images, split.private_labels
+  if attacked is not None:
+    private_images, private_labels = private_images[attacked], private_labels[attacked]
+    judged_private = None if judged_private is None else judged_private[attacked]
   # Wall time of the target's training alone (a resumed point counts only
   # this process's share), what a defense costs its owner.
   target_seconds = round(time.perf_counter() - started, 1)
@@ -326,20 +363,20 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
     test_accuracy = float(np.mean(query(split.heldout_images, 0, None) == split.heldout_labels))
     attacks = legacy_surrogate_attack(
         target_graphdef=graphdef, target_state=state, leak=leak, aux_images=split.heldout_images,
-        private_images=split.private_images, mesh=mesh, rng=attack_rng, workdir=workdir, writer=writer,
+        private_images=private_images, mesh=mesh, rng=attack_rng, workdir=workdir, writer=writer,
         seeds=seeds, **legacy_attacker_settings(config))
   else:
     # One pass over the held-out set serves both the accuracy and the
     # attacker's queries.
     aux_features, predictions = query(split.heldout_images, 0, leak)
     test_accuracy = float(np.mean(predictions == split.heldout_labels))
-    private_features, _ = query(split.private_images, 1, leak)
+    private_features, _ = query(private_images, 1, leak)
     attacks = surrogate_attack(
         aux_features=aux_features, aux_images=split.heldout_images, private_features=private_features,
         mesh=mesh, rng=attack_rng, workdir=workdir, writer=writer, seeds=seeds, **attacker_settings(config))
-  originals = split.private_images.astype(np.float32) / 255.0
+  originals = private_images.astype(np.float32) / 255.0
   per_seed = [evaluation.surrogate_scores(
-      originals, attack, labels=split.private_labels, protocol=config.protocol,
+      originals, attack, labels=private_labels, protocol=config.protocol,
       normalization=config.data.normalization, seed=config.seed,
       legacy_script=defenses.get(config.defense.name).legacy_script, judge=judge, judged_private=judged_private)
       for attack in attacks]
@@ -352,7 +389,8 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None) 
       'accuracy_se': float(np.sqrt(test_accuracy * (1.0 - test_accuracy) / n_heldout)),
       **_aggregate(per_seed),
       'attack_seeds': len(seeds),
-      'leak': leak, 'n_private': len(originals), 'n_heldout': n_heldout,
+      # n_private: the target's training set; n_attacked: the private images attacked and scored.
+      'leak': leak, 'n_private': len(split.private_labels), 'n_attacked': len(originals), 'n_heldout': n_heldout,
       'num_devices': int(mesh.devices.size), 'num_processes': jax.process_count(),
       'backend': jax.default_backend(),
       'config_hash': results_io.config_hash(point_json(config)),
@@ -442,6 +480,7 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
       private_limit=config.data.private_limit, heldout_limit=config.data.heldout_limit,
       data_dir=config.data.dir)
   validate_config(config, num_devices=num_devices, sizes=_split_sizes(split))
+  attacked = attacked_indices(config, split)
   writes = jax.process_index() == 0
   with workdir_lib.locked(workdir, enabled=writes):
     finished = _check_workdir(config, points, workdir)
@@ -463,7 +502,7 @@ def run(config, workdir: str, *, mesh=None) -> list[dict]:
         if writes:
           results_io.write_json_atomic(os.path.join(point_dir, 'config.json'), point_json(point), overwrite=True)
         row, figure = run_point(point, split, mesh=mesh, workdir=point_dir, judge=judge,
-                                judged_private=judged_private)
+                                judged_private=judged_private, attacked=attacked)
         common.save_point(point_dir, row, figure, writes=writes)
       rows.append(row)
       figures.append((row, figure))

@@ -40,6 +40,7 @@ def test_tiny_sweep_writes_table_rows_and_figure(tmp_path, synthetic_split):
     assert 0 <= row['attack_top1'] <= row['attack_top5'] <= 1 and row['knn_distance'] >= 0
     assert row['judge'] == 'evaluation_cnn_mnist_tiny' and 0 <= row['judge_test_accuracy'] <= 1
     assert len(row['config_hash']) == 12 and row['code_version']
+    assert row['n_private'] == row['n_attacked'] == 64 and row['n_heldout'] == 32
   table = (tmp_path / 'results.md').read_text()
   assert 'sparse-guard (λ=0.25)' in table and 'no-defense' in table
   assert (tmp_path / 'reconstructions_split_corrected.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
@@ -47,6 +48,27 @@ def test_tiny_sweep_writes_table_rows_and_figure(tmp_path, synthetic_split):
   # A finished workdir is never overwritten.
   with pytest.raises(FileExistsError, match='results.json exists'):
     experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+
+
+def test_an_attacked_subset_is_scored_while_the_target_trains_on_the_whole_private_set(
+    tmp_path, synthetic_split, monkeypatch):
+  config = load_config('tiny')
+  config.sweep.defenses = ('no-defense',)
+  config.data.attacked_limit = 20
+  trained_on = []
+  train_target = experiment.train_target
+  monkeypatch.setattr(experiment, 'train_target', lambda c, split, **k: (
+      trained_on.append(len(split.private_labels)), train_target(c, split, **k))[1])
+  [row] = experiment.run(config, str(tmp_path), mesh=mesh_of(8))
+  assert trained_on == [64]
+  assert (row['n_private'], row['n_attacked']) == (64, 20)
+  chosen = experiment.attacked_indices(config, synthetic_split)
+  # Deterministic, in the private set's order, every class of the private set kept.
+  np.testing.assert_array_equal(chosen, experiment.attacked_indices(config, synthetic_split))
+  assert len(chosen) == 20 and np.all(np.diff(chosen) > 0)
+  assert set(synthetic_split.private_labels[chosen]) == set(synthetic_split.private_labels)
+  config.data.attacked_limit = None
+  assert experiment.attacked_indices(config, synthetic_split) is None
 
 
 def _synthetic_images(n, seed, shape, num_classes):
@@ -135,6 +157,8 @@ def test_a_point_rerun_after_its_row_was_lost_logs_its_result_once(tmp_path, syn
     ('--config.train.weight_decay=-1', "train.weight_decay must be a finite number >= 0, got -1.0"),
     ('--config.data.private_limit=16 --config.train.batch_size=32',
      "train.batch_size must be at most the 16 images of the private set, got 32"),
+    ('--config.data.attacked_limit=65',
+     "data.attacked_limit must be at most the 64 images of the private set (or None: all of them), got 65"),
 ])
 def test_bad_config_fails_with_one_line_and_writes_nothing(tmp_path, override, message):
   workdir = tmp_path / 'run'

@@ -19,7 +19,7 @@ GAN_CONFIG = f"{ROOT / 'configs' / 'gan_attacks_mnist.py'}:tiny"
 # Every field of the two configs that accepts None (the experiments' validation
 # says "None or …"); test_listed_fields_are_all_the_optional_ones keeps the list complete.
 SG_OPTIONAL = (
-    'data.dir', 'data.private_limit', 'data.heldout_limit',
+    'data.dir', 'data.private_limit', 'data.heldout_limit', 'data.attacked_limit',
     'metrics.fid_images', 'metrics.fid_weights_path', 'metrics.judge_scale', 'attack.checkpoint_every_seconds',
     'defense.bido.sigma', 'defense.dp_sgd.target_epsilon', 'defense.dp_sgd.max_batch_size',
     'defense.gan_opt.decoy_dataset', 'defense.gan_opt.decoy_limit', 'defense.gan_opt.decoy_epochs',
