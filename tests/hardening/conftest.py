@@ -22,7 +22,7 @@ def stand_in_points(monkeypatch):
   monkeypatch.setattr(experiment.mi_data, 'load_sparse_guard', lambda *a, **k: split)
   calls = []
 
-  def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None):
+  def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None, attacked=None):
     calls.append(os.path.basename(workdir))
     os.makedirs(workdir, exist_ok=True)
     lam = sweep.get_knob(config, config.defense.name)
