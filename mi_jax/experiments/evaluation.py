@@ -38,11 +38,16 @@ def judge_scores(judge, reconstructions, labels, reference_features, reference_l
 
 
 def surrogate_scores(originals, attack, *, labels, protocol: str, normalization, seed: int, legacy_script: str,
-                     judge=None, judged_private=None) -> dict:
+                     judge=None, judged_private=None, judged_labels=None) -> dict:
   """The metrics of one surrogate attack's reconstructions of the private set.
 
-  ``originals``: the private images in [0, 1]; ``attack``: an
-  :class:`mi_jax.attacks.surrogate.AttackResult`. Under ``sg_legacy`` the
+  ``originals``: the attacked private images in [0, 1], labelled ``labels``;
+  ``attack``: an :class:`mi_jax.attacks.surrogate.AttackResult`.
+  ``judged_private``: the judge's features of the private images the KNN
+  distance searches, labelled ``judged_labels`` (default: ``labels``, when
+  they are the attacked images themselves); the whole private set when only
+  a subset is attacked, as KNN distance is defined (GMI: the nearest
+  private image of the class). Under ``sg_legacy`` the
   row's 'psnr'/'ssim' are the SG code's own numbers (on Normalize()d
   tensors, float16 or float32 and batch 32 or 64 as the defense's script
   does: ``legacy_script``), with the [0, 1] ones beside them.
@@ -60,8 +65,9 @@ def surrogate_scores(originals, attack, *, labels, protocol: str, normalization,
     scores.update({'psnr': legacy.psnr, 'ssim': legacy.ssim, 'sg_row_frechet': legacy.row_frechet,
                    'psnr_unit_range': quality.psnr, 'ssim_unit_range': quality.ssim})
   if judge is not None:
-    # Every private image is an attacked instance of its own label.
-    scores.update(judge_scores(judge, attack.reconstructions, labels, judged_private, labels))
+    # Every attacked image is an attacked instance of its own label.
+    reference_labels = labels if judged_labels is None else judged_labels
+    scores.update(judge_scores(judge, attack.reconstructions, labels, judged_private, reference_labels))
   return scores
 
 

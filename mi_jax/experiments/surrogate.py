@@ -334,10 +334,11 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None,
   writer = MetricWriter(workdir)
   started = time.perf_counter()
   graphdef, state, row_extras = train_target(config, split, mesh=mesh, workdir=workdir, writer=writer)
+  # The attacked images; the KNN distance still searches the whole private
+  # set (judged_private, labelled split.private_labels).
   private_images, private_labels = split.private_images, split.private_labels
   if attacked is not None:
     private_images, private_labels = private_images[attacked], private_labels[attacked]
-    judged_private = None if judged_private is None else judged_private[attacked]
   # Wall time of the target's training alone (a resumed point counts only
   # this process's share), what a defense costs its owner.
   target_seconds = round(time.perf_counter() - started, 1)
@@ -378,7 +379,8 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None,
   per_seed = [evaluation.surrogate_scores(
       originals, attack, labels=private_labels, protocol=config.protocol,
       normalization=config.data.normalization, seed=config.seed,
-      legacy_script=defenses.get(config.defense.name).legacy_script, judge=judge, judged_private=judged_private)
+      legacy_script=defenses.get(config.defense.name).legacy_script, judge=judge, judged_private=judged_private,
+      judged_labels=split.private_labels)
       for attack in attacks]
   n_heldout = len(split.heldout_images)
   row = {

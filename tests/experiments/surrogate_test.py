@@ -71,6 +71,26 @@ def test_an_attacked_subset_is_scored_while_the_target_trains_on_the_whole_priva
   assert experiment.attacked_indices(config, synthetic_split) is None
 
 
+def test_knn_distance_searches_the_whole_private_set_when_a_subset_is_attacked():
+  from types import SimpleNamespace
+  from mi_jax.experiments import evaluation
+  rng = np.random.default_rng(0)
+  private = rng.uniform(size=(3, 12, 12, 1)).astype(np.float32)  # all of class 0
+  attacked = private[:2]
+  # Both reconstructions equal the third private image, which is not attacked.
+  attack = SimpleNamespace(reconstructions=np.stack([private[2]] * 2),
+                           untrained_reconstructions=np.zeros_like(attacked))
+  judge = SimpleNamespace(logits=lambda x: np.eye(10)[np.zeros(len(x), int)],
+                          features=lambda x: np.asarray(x).reshape(len(x), -1))
+  common = dict(labels=np.zeros(2, int), protocol='corrected', normalization=(0.0, 1.0), seed=0,
+                legacy_script='sg', judge=judge)
+  only_attacked = evaluation.surrogate_scores(attacked, attack, judged_private=judge.features(attacked), **common)
+  whole_set = evaluation.surrogate_scores(attacked, attack, judged_private=judge.features(private),
+                                          judged_labels=np.zeros(3, int), **common)
+  assert only_attacked['knn_distance'] > 1.0 and whole_set['knn_distance'] < 1e-9
+  assert whole_set['attack_top1'] == 1.0
+
+
 def _synthetic_images(n, seed, shape, num_classes):
   """SYNTHETIC (unit test only) images of ``shape`` whose label is a bright row and channel."""
   rng = np.random.default_rng(seed)
