@@ -12,7 +12,7 @@ Commands (from the repository root, after ``scripts/setup_env.sh``):
       --workdir=results/sg_mnist_small
 
   # The small scale as it is (1000 private images, all attacked): the
-  # reproduction report's grids, about half the time, targets at 85-91%.
+  # reproduction report's grids, a third of the time, targets at 85-91%.
   python -m experiments.sparse_guard --config=configs/sparse_guard_mnist.py:small \
       --workdir=results/sg_mnist_small_1000
 

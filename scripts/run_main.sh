@@ -15,7 +15,7 @@ shift || true
 # give 85-88%), and the attacked subset keeps the queries and the metrics
 # at the small scale's cost. `--config.data.private_limit=1000
 # --config.data.attacked_limit=None` is the faster grid of the reproduction
-# report (about half the time; weaker targets).
+# report (a third of the time; targets at 85-91%).
 exec "$venv/bin/python" -m experiments.sparse_guard \
   --config=configs/sparse_guard_mnist.py:small --workdir="$workdir" \
   --config.data.private_limit=5000 --config.data.attacked_limit=1000 "$@"
