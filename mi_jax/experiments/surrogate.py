@@ -334,14 +334,14 @@ def run_point(config, split, *, mesh, workdir, judge=None, judged_private=None,
   writer = MetricWriter(workdir)
   started = time.perf_counter()
   graphdef, state, row_extras = train_target(config, split, mesh=mesh, workdir=workdir, writer=writer)
+  # Wall time of the target's training alone (a resumed point counts only
+  # this process's share), what a defense costs its owner.
+  target_seconds = round(time.perf_counter() - started, 1)
   # The attacked images; the KNN distance still searches the whole private
   # set (judged_private, labelled split.private_labels).
   private_images, private_labels = split.private_images, split.private_labels
   if attacked is not None:
     private_images, private_labels = private_images[attacked], private_labels[attacked]
-  # Wall time of the target's training alone (a resumed point counts only
-  # this process's share), what a defense costs its owner.
-  target_seconds = round(time.perf_counter() - started, 1)
   leak = defenses.LEAK_OF_SETTING[config.setting]
   attack_rng = jax.random.key(config.seed + 7)
   query = lambda images, salt, leak: query_target(
